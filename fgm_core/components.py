@@ -1,0 +1,251 @@
+"""The component contracts that plugins implement: divergences, architectures, datasets,
+exporters.
+
+Plugins register *factories* (callables returning one of these objects) under a name; the
+core builds components by name from the configuration and never imports a plugin directly.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+CriticForm = Literal["density", "joint", "marginal"]
+CRITIC_FORMS: tuple[str, ...] = ("density", "joint", "marginal")
+DataKind = Literal["vector", "image"]
+
+
+# --------------------------------------------------------------------------- divergences
+class Divergence(ABC):
+    """An f-divergence in the forms the three critics need (fgm-math.md section 2.1).
+
+    ``T``/``C`` take the log density ratio ``s`` (density critic); ``activation``/``conjugate``
+    serve free critics (joint, marginal). Every exponential goes through :meth:`exp`, which
+    clamps its argument to ``max_exp`` and counts clamped entries in ``clamped``.
+    """
+
+    name: str = "divergence"
+    #: f(1); 0 for a proper f-divergence, -log 4 for ``gan``.
+    f_offset: float = 0.0
+    #: f'(1): the critic value where the two joints agree ("real vs fake" threshold).
+    f_prime_at_1: float = 0.0
+    #: False when T(s) has no useful gradient (total variation): free critics only.
+    supports_density: bool = True
+    #: f strictly convex, so log (f')^{-1}(T) recovers the log density ratio.
+    strictly_convex: bool = True
+
+    def __init__(self, max_exp: float = 40.0) -> None:
+        self.max_exp = float(max_exp)
+        self.clamped: Tensor | int = 0
+
+    # -- numerics ------------------------------------------------------------------------
+    def exp(self, x: Tensor) -> Tensor:
+        """exp with its argument clamped to ``[-inf, max_exp]``; counts the clamped entries."""
+        over = x.detach() > self.max_exp
+        self.clamped = self.clamped + over.sum()
+        return torch.exp(torch.clamp(x, max=self.max_exp))
+
+    def pop_clamped(self) -> int:
+        """Clamped entries since the last call (resets the counter)."""
+        n = int(self.clamped) if isinstance(self.clamped, int) else int(self.clamped.item())
+        self.clamped = 0
+        return n
+
+    # -- the generator function ----------------------------------------------------------
+    @abstractmethod
+    def f(self, u: Tensor) -> Tensor:
+        """The convex generator f(u), u > 0."""
+
+    # -- density critic: functions of s = log(Q/P) ---------------------------------------
+    @abstractmethod
+    def T(self, s: Tensor) -> Tensor:
+        """T(s) = f'(e^s)."""
+
+    @abstractmethod
+    def C(self, s: Tensor) -> Tensor:
+        """C(s) = f*(f'(e^s)) = e^s f'(e^s) - f(e^s)."""
+
+    # -- free critics ----------------------------------------------------------------------
+    @abstractmethod
+    def activation(self, v: Tensor) -> Tensor:
+        """g_f: maps a raw critic output v in R onto dom f*."""
+
+    @abstractmethod
+    def conjugate(self, t: Tensor) -> Tensor:
+        """f*(t), the convex conjugate, for t in dom f*."""
+
+    def inverse_f_prime_log(self, t: Tensor) -> Tensor:
+        """log (f')^{-1}(t): the log density ratio a free critic value implies.
+
+        Used to read a data density out of a joint critic (fgm-math.md section 4). The
+        default solves f'(e^s) = t by bisection on s, valid for any strictly convex f.
+        """
+        lo = torch.full_like(t, -60.0)
+        hi = torch.full_like(t, 60.0)
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            above = self.T(mid) > t
+            hi = torch.where(above, mid, hi)
+            lo = torch.where(above, lo, mid)
+        return (lo + hi) / 2
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description recorded in runs and exports."""
+        return {"name": self.name, "f_offset": self.f_offset, "f_prime_at_1": self.f_prime_at_1}
+
+
+DivergenceFactory = Callable[..., Divergence]
+"""``factory(max_exp=..., **params) -> Divergence``; params come from ``divergence.params``."""
+
+
+# --------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What an architecture must build networks for."""
+
+    data_shape: tuple[int, ...]  # one datum, e.g. (2,) or (1, 28, 28)
+    data_kind: DataKind
+    latent_dim: int
+    critic: CriticForm
+    options: dict[str, Any] = field(default_factory=dict)  # model.options from the config
+
+
+@dataclass
+class Networks:
+    """The three f-GM networks, as plain modules.
+
+    - ``encoder(x) -> (mu, logvar)``, each ``(B, latent_dim)``.
+    - ``decoder(z) -> mean``, ``(B, *data_shape)`` in model units (the core adds the
+      Gaussian noise scale).
+    - ``critic(x, z)``: the density estimator l(x) for ``density``, V(x) for ``marginal``
+      (both ignore ``z``), V(x, z) for ``joint``; returns ``(B,)``.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    critic: nn.Module
+
+
+class Architecture(ABC):
+    """Builds the encoder, decoder and critic for a data shape and critic form."""
+
+    name: str = "architecture"
+    data_kinds: tuple[str, ...] = ("vector",)
+    critic_forms: tuple[str, ...] = CRITIC_FORMS
+
+    def check(self, spec: NetworkSpec) -> str | None:
+        """Return why ``spec`` is unsupported (one line), or None. Called before training."""
+        if spec.data_kind not in self.data_kinds:
+            return (
+                f"architecture {self.name!r} supports {'/'.join(self.data_kinds)} data, "
+                f"not {spec.data_kind} data of shape {spec.data_shape}"
+            )
+        if spec.critic not in self.critic_forms:
+            return (
+                f"architecture {self.name!r} supports critics {'/'.join(self.critic_forms)}, "
+                f"not {spec.critic!r}"
+            )
+        return None
+
+    @abstractmethod
+    def build(self, spec: NetworkSpec) -> Networks:
+        """Build fresh networks for ``spec`` (weights initialised from torch's global RNG)."""
+
+    def prepare_export(self, networks: Networks) -> Networks:
+        """Return export-ready copies in eval mode, with parametrizations such as spectral
+        normalisation baked into plain weights. Override to adjust export further."""
+        import copy
+
+        from torch.nn.utils import parametrize
+
+        out = copy.deepcopy(networks)
+        for net in (out.encoder, out.decoder, out.critic):
+            net.eval()
+            for module in list(net.modules()):
+                if parametrize.is_parametrized(module):
+                    for pname in list(module.parametrizations.keys()):
+                        parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+        return out
+
+
+ArchitectureFactory = Callable[[], Architecture]
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Scaling:
+    """Affine map between data units and model units: ``model = (data - shift) / scale``."""
+
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def to_model(self, x: Tensor) -> Tensor:
+        return (x - self.shift) / self.scale
+
+    def to_data(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+    def log_det(self, dims: int) -> float:
+        """log |d model / d data| summed over ``dims`` dimensions (add to model log-density)."""
+        return -dims * math.log(self.scale)
+
+
+@dataclass
+class DataBundle:
+    """A loaded dataset in data units, held in memory as tensors."""
+
+    name: str
+    train: Tensor  # (N, *shape) float32
+    test: Tensor  # (M, *shape) float32
+    kind: DataKind
+    scaling: Scaling = field(default_factory=Scaling)
+    train_labels: Tensor | None = None  # (N,) int64
+    test_labels: Tensor | None = None
+    label_names: list[str] | None = None
+    #: Mixture ground truth for 2-D synthetic sets: {"means": (K, D), "stds": (K, D)}.
+    mixture: dict[str, Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What the core asks a dataset factory for."""
+
+    options: dict[str, Any]  # data.options from the config
+    seed: int
+    test_fraction: float
+
+
+DatasetFactory = Callable[[DataRequest], DataBundle]
+
+
+# --------------------------------------------------------------------------- exporters
+ExporterFactory = Callable[..., Any]
+"""``exporter(run, out_dir: Path, **options) -> dict`` (the manifest)."""
+
+__all__ = [
+    "CRITIC_FORMS",
+    "Architecture",
+    "ArchitectureFactory",
+    "CriticForm",
+    "DataBundle",
+    "DataRequest",
+    "DatasetFactory",
+    "Divergence",
+    "DivergenceFactory",
+    "ExporterFactory",
+    "NetworkSpec",
+    "Networks",
+    "Scaling",
+]

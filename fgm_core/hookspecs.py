@@ -1,0 +1,68 @@
+"""Hook specifications of the ``fgm`` plugin system (pluggy, entry-point group ``fgm``).
+
+Every component hook receives a ``register`` callback and, optionally, ``settings``: the
+plugin's own table from ``plugins.toml`` (``[settings.<plugin>]``). An implementation may
+declare only the arguments it uses. Hooks are called once per plugin, when the plugin set
+is first loaded; a hook that raises is reported with the plugin's name and that plugin is
+skipped (fatal under ``--strict-plugins``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fgm")
+hookimpl = pluggy.HookimplMarker("fgm")
+
+
+@hookspec
+def register_divergences(register, settings: dict[str, Any]) -> None:
+    """Register f-divergences: ``register(name, factory, description="")``.
+
+    ``factory(max_exp=..., **params)`` returns a :class:`fgm_core.components.Divergence`;
+    ``params`` come from the ``[divergence.params]`` table of the run configuration.
+    """
+
+
+@hookspec
+def register_architectures(register, settings: dict[str, Any]) -> None:
+    """Register network architectures: ``register(name, factory, description="")``.
+
+    ``factory()`` returns a :class:`fgm_core.components.Architecture`, which declares the
+    data kinds and critic forms it supports and builds the three networks.
+    """
+
+
+@hookspec
+def register_datasets(register, settings: dict[str, Any]) -> None:
+    """Register datasets: ``register(name, factory, description="")``.
+
+    ``factory(request: DataRequest)`` returns a :class:`fgm_core.components.DataBundle`
+    in the data's own units, with its :class:`Scaling` to model units.
+    """
+
+
+@hookspec
+def register_exporters(register, settings: dict[str, Any]) -> None:
+    """Register exporters: ``register(name, factory, description="")``.
+
+    ``factory(run, out_dir, **options)`` writes the export into ``out_dir`` and returns its
+    manifest (a JSON-able dict). ``fgm export --<name>`` selects it.
+    """
+
+
+@hookspec
+def register_commands(cli) -> None:
+    """Add commands to the ``fgm`` click group ``cli`` (for example ``cli.add_command``)."""
+
+
+@hookspec(firstresult=True)
+def plugin_preset(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Configuration this plugin selects under ``fgm train --plugin NAME``.
+
+    Return a partial run configuration (nested dict, same keys as the TOML file), applied
+    over the defaults and under the user's config file and command-line overrides.
+    Called only for the plugin named by ``--plugin``.
+    """

@@ -1,0 +1,416 @@
+"""Plugin loading, policy (``plugins.toml``) and the component registry.
+
+Core code asks a :class:`PluginSet` for components by name and never touches ``pm.hook``.
+Plugins come from the ``fgm`` entry-point group (built-ins use it too) and from local
+module paths; each is loaded and registered on its own, so one broken plugin is reported
+by name and skipped while everything else keeps working.
+
+Environment:
+- ``FGM_PLUGINS``: comma-separated plugin names; only these are loaded (reproducible runs,
+  tests). ``FGM_PLUGINS=""`` is not a restriction; use ``FGM_PLUGINS=none`` to load none.
+- ``FGM_STRICT_PLUGINS=1``: a plugin failure is fatal.
+- ``FGM_PLUGINS_TOML``: path of the plugin policy file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from fgm_core import hookspecs
+from fgm_core.errors import FGMError, PluginError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENTRY_POINT_GROUP = "fgm"
+COMPONENT_KINDS = ("divergences", "architectures", "datasets", "exporters")
+BUILTIN_DIST = "fgm"
+POLICY_FILE = "plugins.toml"
+
+
+# --------------------------------------------------------------------------- policy
+@dataclass
+class PluginPolicy:
+    """The parsed ``plugins.toml``: which plugins load, which must, and their settings."""
+
+    enabled: list[str] | None = None  # None: every installed plugin
+    blocked: list[str] = field(default_factory=list)
+    required: dict[str, str] = field(default_factory=dict)  # name -> version specifier
+    local: dict[str, Path] = field(default_factory=dict)  # name -> module path
+    strict: bool = False
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> PluginPolicy:
+        """Read and validate a policy file; unknown keys are errors."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise FGMError(f"cannot read plugin policy {path}: {e.strerror}", "check the path") from e
+        except tomllib.TOMLDecodeError as e:
+            raise FGMError(f"plugin policy {path} is not valid TOML: {e}", "fix the syntax") from e
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> PluginPolicy:
+        where = str(path or "plugins.toml")
+        unknown = set(data) - {"plugins", "settings"}
+        if unknown:
+            raise FGMError(
+                f"{where}: unknown table [{sorted(unknown)[0]}]", "allowed: [plugins], [settings.NAME]"
+            )
+        p = data.get("plugins", {})
+        allowed = {"enabled", "blocked", "required", "local", "strict"}
+        bad = set(p) - allowed
+        if bad:
+            raise FGMError(
+                f"{where}: unknown key plugins.{sorted(bad)[0]}", f"allowed: {', '.join(sorted(allowed))}"
+            )
+
+        def names(key: str) -> list[str] | None:
+            v = p.get(key)
+            if v is None:
+                return None
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise FGMError(f"{where}: plugins.{key} must be a list of plugin names", 'e.g. ["mlp"]')
+            return v
+
+        required = p.get("required", {})
+        if not isinstance(required, dict):
+            raise FGMError(f"{where}: plugins.required must be a table", 'e.g. divergences = ">=0.1"')
+        for name, spec in required.items():
+            try:
+                SpecifierSet(spec)
+            except (InvalidSpecifier, TypeError) as e:
+                raise FGMError(
+                    f"{where}: plugins.required.{name} = {spec!r} is not a version specifier",
+                    'use e.g. ">=1.0,<2"',
+                ) from e
+        base = path.parent if path else Path.cwd()
+        local = {}
+        for name, mod in p.get("local", {}).items():
+            local[name] = (base / str(mod)).resolve()
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+            raise FGMError(f"{where}: [settings] must hold one table per plugin", "use [settings.NAME]")
+        strict = p.get("strict", False)
+        if not isinstance(strict, bool):
+            raise FGMError(f"{where}: plugins.strict must be true or false", "e.g. strict = true")
+        return cls(
+            enabled=names("enabled"),
+            blocked=names("blocked") or [],
+            required=dict(required),
+            local=local,
+            strict=strict,
+            settings=settings,
+            source=path,
+        )
+
+    @classmethod
+    def discover(cls, explicit: Path | None = None, near: Path | None = None) -> PluginPolicy:
+        """Find the policy: explicit path, ``$FGM_PLUGINS_TOML``, beside ``near``, then cwd."""
+        if explicit is None and os.environ.get("FGM_PLUGINS_TOML"):
+            explicit = Path(os.environ["FGM_PLUGINS_TOML"])
+        if explicit is not None:
+            if not explicit.is_file():
+                raise FGMError(f"plugin policy {explicit} not found", "check --plugins-toml / FGM_PLUGINS_TOML")
+            return cls.load(explicit)
+        for d in [near, Path.cwd()]:
+            if d is not None and (d / POLICY_FILE).is_file():
+                return cls.load(d / POLICY_FILE)
+        return cls()
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass
+class Component:
+    kind: str
+    name: str
+    factory: Any
+    plugin: str
+    description: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """What ``fgm plugins`` shows about one plugin."""
+
+    name: str
+    version: str
+    source: str  # "builtin" | "third-party" | "local"
+    origin: str  # distribution name or file path
+    hooks: list[str] = field(default_factory=list)
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source": self.source,
+            "origin": self.origin,
+            "hooks": self.hooks,
+            "components": self.components,
+            "error": self.error,
+        }
+
+
+class PluginSet:
+    """The loaded plugins and the components they registered (a typed facade over pluggy)."""
+
+    def __init__(self, policy: PluginPolicy | None = None, *, strict: bool | None = None,
+                 only: list[str] | None = None, extra_local: dict[str, Path] | None = None) -> None:
+        self.policy = policy or PluginPolicy()
+        env_strict = os.environ.get("FGM_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
+        self.strict = bool(strict) or env_strict or self.policy.strict
+        env_only = os.environ.get("FGM_PLUGINS")
+        if only is None and env_only:
+            only = [] if env_only.strip().lower() == "none" else [s.strip() for s in env_only.split(",") if s.strip()]
+        self.only = only
+        self.pm = pluggy.PluginManager("fgm")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failures: list[str] = []
+        self.components: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_KINDS}
+        local = dict(self.policy.local)
+        local.update(extra_local or {})
+        self._load_entry_points()
+        for name, path in local.items():
+            self._load_local(name, path)
+        self._check_required()
+        for kind in COMPONENT_KINDS:
+            self._register_all(kind)
+
+    # -- loading -------------------------------------------------------------------------
+    def _wanted(self, name: str) -> bool:
+        if self.only is not None and name not in self.only:
+            return False
+        if name in self.policy.blocked:
+            return False
+        if self.policy.enabled is not None and name not in self.policy.enabled and name not in self.policy.required:
+            return False
+        return True
+
+    def _fail(self, name: str, what: str, exc: BaseException) -> None:
+        msg = f"plugin {name!r} {what}: {type(exc).__name__}: {exc}"
+        if self.strict:
+            raise PluginError(msg, "fix or uninstall the plugin, or run without --strict-plugins") from exc
+        self.failures.append(msg)
+        if name in self.infos:
+            self.infos[name].error = msg
+
+    def _add(self, name: str, module: ModuleType, info: PluginInfo) -> None:
+        if name in self.infos and self.infos[name].error is None:
+            prev = self.infos[name]
+            raise PluginError(
+                f"two plugins are named {name!r}: {prev.origin} and {info.origin}",
+                "uninstall one of them or block it in plugins.toml",
+            )
+        self.infos[name] = info
+        self.pm.register(module, name=name)
+        info.hooks = sorted(
+            h.name for h in self.pm.get_hookcallers(module) or [] if h.name in hookspecs.__dict__
+        )
+
+    def _load_entry_points(self) -> None:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(eps, key=lambda e: e.name):
+            if not self._wanted(ep.name):
+                continue
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else "?"
+            version = dist.version if dist is not None else "?"
+            source = "builtin" if dist_name == BUILTIN_DIST else "third-party"
+            info = PluginInfo(ep.name, version, source, dist_name)
+            try:
+                module = ep.load()
+            except Exception as e:  # noqa: BLE001 - any import failure is reported, not raised
+                self.infos.setdefault(ep.name, info)
+                self._fail(ep.name, "failed to import", e)
+                continue
+            self._add(ep.name, module, info)
+
+    def _load_local(self, name: str, path: Path) -> None:
+        if self.only is not None and name not in self.only:
+            return
+        info = PluginInfo(name, "local", "local", str(path))
+        try:
+            module = load_module_from_path(name, path)
+        except FGMError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.infos.setdefault(name, info)
+            self._fail(name, "failed to import", e)
+            return
+        info.version = str(getattr(module, "__version__", "local"))
+        self._add(name, module, info)
+
+    def _check_required(self) -> None:
+        for name, spec in self.policy.required.items():
+            info = self.infos.get(name)
+            if info is None or info.error:
+                raise PluginError(
+                    f"required plugin {name!r} ({spec}) is not installed"
+                    + (" (it failed to load)" if info else ""),
+                    f"pip install the package that provides it, or remove it from [plugins.required]",
+                )
+            try:
+                ok = Version(info.version) in SpecifierSet(spec)
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                raise PluginError(
+                    f"required plugin {name!r} is version {info.version}, policy asks {spec}",
+                    "install a matching version or change [plugins.required]",
+                )
+
+    def _register_all(self, kind: str) -> None:
+        hook = getattr(self.pm.hook, f"register_{kind}")
+        for impl in reversed(hook.get_hookimpls()):
+            plugin = impl.plugin_name
+            if self.infos[plugin].error:
+                continue
+            staged: list[Component] = []
+
+            def register(name: str, factory: Any, description: str = "", *, _p: str = plugin,
+                         _staged: list[Component] = staged) -> None:
+                if not isinstance(name, str) or not name:
+                    raise TypeError(f"component name must be a non-empty string, got {name!r}")
+                if not callable(factory):
+                    raise TypeError(f"factory for {name!r} is not callable")
+                _staged.append(Component(kind, name, factory, _p, description))
+
+            kwargs = {"register": register, "settings": self.settings(plugin)}
+            kwargs = {k: v for k, v in kwargs.items() if k in impl.argnames}
+            try:
+                impl.function(**kwargs)
+            except Exception as e:  # noqa: BLE001
+                self._fail(plugin, f"raised in register_{kind}", e)
+                continue
+            for c in staged:
+                prev = self.components[kind].get(c.name)
+                if prev is not None:
+                    raise PluginError(
+                        f"{kind[:-1]} {c.name!r} is registered by two plugins: {prev.plugin!r} and {c.plugin!r}",
+                        "block one of them in plugins.toml ([plugins] blocked = [...])",
+                    )
+                self.components[kind][c.name] = c
+                self.infos[plugin].components.setdefault(kind, []).append(c.name)
+
+    # -- queries -------------------------------------------------------------------------
+    def settings(self, plugin: str) -> dict[str, Any]:
+        return dict(self.policy.settings.get(plugin, {}))
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            raise unknown_name(kind[:-1], name, self.components[kind]) from None
+
+    def preset(self, plugin: str) -> dict[str, Any]:
+        """The configuration plugin ``plugin`` selects (``fgm train --plugin``)."""
+        if plugin not in self.infos or self.infos[plugin].error:
+            if plugin in self.infos:
+                raise PluginError(f"plugin {plugin!r} failed to load: {self.infos[plugin].error}",
+                                  "fix or reinstall it")
+            raise unknown_name("plugin", plugin, [n for n, i in self.infos.items() if not i.error])
+        module = self.pm.get_plugin(plugin)
+        fn = getattr(module, "plugin_preset", None)
+        if fn is None:
+            return {}
+        try:
+            preset = fn(settings=self.settings(plugin)) if "settings" in _argnames(fn) else fn()
+        except Exception as e:  # noqa: BLE001
+            raise PluginError(f"plugin {plugin!r} raised in plugin_preset: {e}", "fix the plugin") from e
+        return preset or {}
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as e:  # noqa: BLE001
+                self._fail(impl.plugin_name, "raised in register_commands", e)
+
+    def resolved(self) -> list[dict[str, str]]:
+        """Name, version and source of every loaded plugin, for run directories and exports."""
+        return [
+            {"name": i.name, "version": i.version, "source": i.source}
+            for i in sorted(self.infos.values(), key=lambda i: i.name)
+            if not i.error
+        ]
+
+    def plugin_of(self, kind: str, name: str) -> str:
+        return self.get(kind, name).plugin
+
+
+def _argnames(fn: Any) -> tuple[str, ...]:
+    code = getattr(fn, "__code__", None)
+    return code.co_varnames[: code.co_argcount] if code else ()
+
+
+def load_module_from_path(name: str, path: Path) -> ModuleType:
+    """Import a local plugin from a ``.py`` file or a package directory."""
+    path = Path(path)
+    target = path / "__init__.py" if path.is_dir() else path
+    if not target.is_file():
+        raise FGMError(f"local plugin {name!r}: {path} not found", "give a .py file or a package directory")
+    mod_name = f"fgm_local_{name.replace('-', '_').replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(
+        mod_name, target, submodule_search_locations=[str(path)] if path.is_dir() else None
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
+    return module
+
+
+def is_module_path(value: str) -> bool:
+    """True when ``--plugin`` names a file or directory rather than an installed plugin."""
+    return value.endswith(".py") or os.sep in value or "/" in value or Path(value).is_dir()
+
+
+_CACHE: dict[tuple, PluginSet] = {}
+
+
+def get_plugins(policy_path: Path | None = None, *, strict: bool | None = None,
+                extra_local: dict[str, Path] | None = None, near: Path | None = None) -> PluginSet:
+    """The plugin set for this process (cached per policy, strictness and local modules)."""
+    key = (
+        str(policy_path), strict, tuple(sorted((extra_local or {}).items())), str(near),
+        os.environ.get("FGM_PLUGINS"), os.environ.get("FGM_STRICT_PLUGINS"),
+        os.environ.get("FGM_PLUGINS_TOML"), str(Path.cwd()),
+    )
+    if key not in _CACHE:
+        policy = PluginPolicy.discover(policy_path, near)
+        _CACHE[key] = PluginSet(policy, strict=strict, extra_local=extra_local)
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget loaded plugin sets (tests; after installing a plugin in-process)."""
+    _CACHE.clear()
+    importlib.invalidate_caches()
