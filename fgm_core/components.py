@@ -231,8 +231,25 @@ DatasetFactory = Callable[[DataRequest], DataBundle]
 
 
 # --------------------------------------------------------------------------- exporters
-ExporterFactory = Callable[..., Any]
-"""``exporter(run, out_dir: Path, **options) -> dict`` (the manifest)."""
+class Exporter(ABC):
+    """Turns a trained run into deployable files, and opens them again for inference."""
+
+    name: str = "exporter"
+
+    @abstractmethod
+    def export(self, run: Any, out_dir: Path, **options: Any) -> dict[str, Any]:
+        """Write the export of ``run`` (a :class:`fgm_core.run.Run`) into ``out_dir`` and
+        return its manifest (JSON-able). Validate before returning; raise on failure."""
+
+    @abstractmethod
+    def open(self, export_dir: Path, device: str = "auto") -> Any:
+        """Open an export directory for inference. The returned object offers
+        ``sample(n, seed)``, ``encode(x)``, ``log_likelihood(x, k, seed)`` and
+        ``log_density(x)`` in data units, like :class:`fgm_core.run.Run`."""
+
+
+ExporterFactory = Callable[[], Exporter]
+
 
 __all__ = [
     "CRITIC_FORMS",
@@ -244,6 +261,7 @@ __all__ = [
     "DatasetFactory",
     "Divergence",
     "DivergenceFactory",
+    "Exporter",
     "ExporterFactory",
     "NetworkSpec",
     "Networks",

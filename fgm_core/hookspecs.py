@@ -48,8 +48,9 @@ def register_datasets(register, settings: dict[str, Any]) -> None:
 def register_exporters(register, settings: dict[str, Any]) -> None:
     """Register exporters: ``register(name, factory, description="")``.
 
-    ``factory(run, out_dir, **options)`` writes the export into ``out_dir`` and returns its
-    manifest (a JSON-able dict). ``fgm export --<name>`` selects it.
+    ``factory()`` returns a :class:`fgm_core.components.Exporter`: ``export(run, out_dir,
+    **options)`` writes the files and returns the manifest; ``open(export_dir, device)``
+    loads them for inference. ``fgm export --format NAME`` selects it.
     """
 
 

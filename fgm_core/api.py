@@ -1,0 +1,112 @@
+"""The Python API: train from a configuration, load a run, export it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fgm_core.config import FGMConfig, build_config
+from fgm_core.errors import FGMError
+from fgm_core.plugins import PluginSet, get_plugins, is_module_path
+from fgm_core.run import Run
+
+
+def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None,
+                   overrides: list[str] | None = None, presets: list[str] | None = None,
+                   plugins: PluginSet | None = None) -> tuple[FGMConfig, PluginSet]:
+    """Merge defaults, plugin presets, a config (object, dict or TOML path) and overrides."""
+    local: dict[str, Path] = {}
+    names: list[str] = []
+    for p in presets or []:
+        if is_module_path(p):
+            path = Path(p)
+            name = path.stem if path.suffix == ".py" else path.name
+            local[name] = path.resolve()
+            names.append(name)
+        else:
+            names.append(p)
+    config_path = Path(config) if isinstance(config, (str, Path)) else None
+    plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
+    preset_dicts = [plugins.preset(n) for n in names]
+    data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
+    cfg = build_config(data, overrides, preset_dicts)
+    if names:
+        cfg.plugins = list(dict.fromkeys(cfg.plugins + names))
+    return cfg, plugins
+
+
+def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,
+          presets: list[str] | None = None, resume: str | Path | None = None, progress: bool | None = None,
+          plugins: PluginSet | None = None) -> Run:
+    """Train an f-GM model and return the loaded :class:`Run`.
+
+    ``config`` is a :class:`FGMConfig`, a nested dict, or a TOML path; ``overrides`` are
+    ``section.key=value`` strings; ``presets`` name plugins (or local module paths) whose
+    preset applies; ``resume`` continues a stopped run directory bit for bit.
+    """
+    from fgm_core.trainer import Trainer
+
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "config.json").exists():
+            raise FGMError(f"cannot resume {resume}: no config.json there", "give a run directory that `fgm train` created")
+        from fgm_core.storage import read_json
+
+        base = read_json(resume / "config.json")
+        cfg, plugins = resolve_config(base, overrides, None, plugins)
+        trainer = Trainer(cfg, plugins, run_dir=resume, resume=True)
+    else:
+        cfg, plugins = resolve_config(config, overrides, presets, plugins)
+        trainer = Trainer(cfg, plugins)
+    path = trainer.fit(progress=progress)
+    return Run(path, trainer.cfg, trainer.model.eval(), trainer.info, plugins.resolved())
+
+
+def load_run(path: str | Path, device: str = "cpu") -> Run:
+    """Load a trained run directory for sampling, encoding and scoring."""
+    return Run.load(path, device=device)
+
+
+def latest_run(out_dir: str | Path = "runs") -> Path:
+    """The most recently updated run directory under ``out_dir``."""
+    root = Path(out_dir)
+    runs = [p for p in root.glob("*/checkpoint.json")] if root.is_dir() else []
+    if not runs:
+        raise FGMError(f"no trained runs under {root}/", "train one with `fgm train` or give RUN_DIR")
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = "onnx", **options: Any) -> dict[str, Any]:
+    """Export a run with the exporter plugin ``fmt``; returns the manifest."""
+    import shutil
+    import tempfile
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    plugins = get_plugins(near=run.path)
+    exporter = plugins.get("exporters", fmt).factory()
+    out = Path(out_dir) if out_dir else run.path / f"export-{fmt}"
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise FGMError(f"{out} exists and is not an fgm export", "choose another -o directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = exporter.export(run, tmp, **options)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def open_export(path: str | Path, device: str = "auto") -> Any:
+    """Open an export directory with the exporter that wrote it (see its manifest)."""
+    from fgm_core.storage import read_json
+
+    path = Path(path)
+    manifest = read_json(path / "manifest.json")
+    fmt = manifest.get("exporter") if isinstance(manifest, dict) else None
+    if not fmt:
+        raise FGMError(f"{path / 'manifest.json'} names no exporter", "is this an fgm export directory?")
+    return get_plugins().get("exporters", fmt).factory().open(path, device=device)

@@ -1,0 +1,145 @@
+"""Turning a validated configuration into components: data, divergence, networks, model.
+
+The one place where config names become plugin components, used by training and by loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fgm_core.components import DataBundle, DataRequest, Divergence, NetworkSpec, Scaling
+from fgm_core.config import FGMConfig
+from fgm_core.errors import FGMError, PluginError
+from fgm_core.model import FGMModel
+from fgm_core.plugins import PluginSet
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a trained model must know about its data (stored as ``data.json``)."""
+
+    dataset: str
+    shape: tuple[int, ...]
+    kind: str
+    scaling: Scaling
+    label_names: list[str] | None = None
+    mixture: dict[str, list] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "shape": list(self.shape),
+            "kind": self.kind,
+            "scaling": {"shift": self.scaling.shift, "scale": self.scaling.scale},
+            "label_names": self.label_names,
+            "mixture": self.mixture,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+        try:
+            return cls(
+                dataset=str(d["dataset"]),
+                shape=tuple(int(s) for s in d["shape"]),
+                kind=str(d["kind"]),
+                scaling=Scaling(float(d["scaling"]["shift"]), float(d["scaling"]["scale"])),
+                label_names=d.get("label_names"),
+                mixture=d.get("mixture"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise FGMError(f"data.json is missing or has a bad field ({e})", "the run directory is corrupt") from None
+
+    @classmethod
+    def from_bundle(cls, b: DataBundle) -> DataInfo:
+        mixture = None
+        if b.mixture is not None:
+            mixture = {k: v.tolist() for k, v in b.mixture.items()}
+        return cls(b.name, b.shape, b.kind, b.scaling, b.label_names, mixture)
+
+    @property
+    def dims(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def load_data(cfg: FGMConfig, plugins: PluginSet) -> DataBundle:
+    """Load the configured dataset through its plugin and check what it returned."""
+    comp = plugins.get("datasets", cfg.data.dataset)
+    req = DataRequest(options=dict(cfg.data.options), seed=cfg.run.seed, test_fraction=cfg.data.test_fraction)
+    try:
+        bundle = comp.factory(req)
+    except FGMError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise PluginError(f"dataset {cfg.data.dataset!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: {e}",
+                          "check data.options, or report it to the plugin's author") from e
+    for split in ("train", "test"):
+        t = getattr(bundle, split)
+        if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[0] == 0:
+            raise FGMError(f"dataset {cfg.data.dataset!r} gave an empty or malformed {split} split",
+                           "check the data source and data.options")
+        if not torch.isfinite(t).all():
+            raise FGMError(f"dataset {cfg.data.dataset!r} has NaN or inf values in its {split} split",
+                           "clean the data")
+    return bundle
+
+
+def make_divergence(cfg: FGMConfig, plugins: PluginSet) -> Divergence:
+    comp = plugins.get("divergences", cfg.divergence.name)
+    try:
+        div = comp.factory(max_exp=cfg.divergence.max_exp, **cfg.divergence.params)
+    except FGMError:
+        raise
+    except TypeError as e:
+        raise FGMError(f"divergence {cfg.divergence.name!r}: bad parameters {cfg.divergence.params} ({e})",
+                       "check [divergence.params]") from None
+    if cfg.critic.form == "density" and not div.supports_density:
+        raise FGMError(f"divergence {cfg.divergence.name!r} gives no gradient with the density critic",
+                       "use critic.form = \"joint\" or \"marginal\"")
+    return div
+
+
+def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
+    """Build networks (seeded by ``run.seed``) and wrap them in an :class:`FGMModel`."""
+    if cfg.model.generator == "deterministic" and cfg.critic.form == "density":
+        raise FGMError("a deterministic generator has no density, which the density critic needs",
+                       "set model.generator = \"gaussian\" or use critic.form = \"joint\"/\"marginal\"")
+    comp = plugins.get("architectures", cfg.model.architecture)
+    arch = comp.factory()
+    spec = NetworkSpec(info.shape, info.kind, cfg.model.latent_dim, cfg.critic.form, dict(cfg.model.options))
+    why = arch.check(spec)
+    if why:
+        raise FGMError(why, "pick another architecture (see `fgm plugins`) or dataset/critic")
+    divergence = make_divergence(cfg, plugins)
+    torch.manual_seed(cfg.run.seed)
+    try:
+        nets = arch.build(spec)
+    except FGMError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise PluginError(f"architecture {cfg.model.architecture!r} (plugin {comp.plugin!r}) failed to build: "
+                          f"{type(e).__name__}: {e}", "check model.options") from e
+    if cfg.critic.spectral_norm:
+        apply_spectral_norm(nets.critic)
+    m = cfg.model
+    return FGMModel(
+        nets, divergence, critic_form=cfg.critic.form, data_shape=info.shape, latent_dim=m.latent_dim,
+        generator=m.generator, sigma=m.sigma, learn_sigma=m.learn_sigma, sigma_per_dim=m.sigma_per_dim,
+        min_sigma=m.min_sigma, generator_loss=cfg.critic.generator_loss,
+        gradient_penalty=cfg.critic.gradient_penalty,
+    )
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Spectrally normalise every linear and convolution layer of ``module`` in place."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for sub in list(module.modules()):
+        if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            spectral_norm(sub)

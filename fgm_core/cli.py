@@ -1,0 +1,381 @@
+"""The ``fgm`` command. Every failure the user can fix is one line on stderr and exit 1;
+tracebacks only with ``--debug``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fgm_core import __version__
+from fgm_core.errors import FGMError
+
+
+class Ctx:
+    def __init__(self, debug: bool, strict: bool, policy: Path | None) -> None:
+        self.debug = debug
+        self.strict = strict
+        self.policy = policy
+
+    def plugins(self, **kw: Any):
+        from fgm_core.plugins import get_plugins
+
+        ps = get_plugins(self.policy, strict=self.strict or None, **kw)
+        for msg in ps.failures:
+            _warn_once(msg)
+        return ps
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        click.echo(f"fgm: warning: {msg} (skipped; see `fgm plugins`)", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="fgm")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--strict-plugins", is_flag=True, envvar="FGM_STRICT_PLUGINS",
+              help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
+@click.option("--plugins-toml", type=click.Path(path_type=Path), envvar="FGM_PLUGINS_TOML",
+              help="Plugin policy file (default: ./plugins.toml when present).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Path | None) -> None:
+    """fgm: train f-divergence generative models (f-GM) that unify VAEs and GANs.
+
+    One trained model samples, infers latents and scores the likelihood of any datum;
+    divergences, architectures, datasets and exporters are plugins.
+    """
+    ctx.obj = Ctx(debug, strict_plugins, plugins_toml)
+
+
+# --------------------------------------------------------------------------- plugins
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins_cmd(obj: Ctx, as_json: bool) -> None:
+    """List loaded plugins: version, origin, hooks and registered components."""
+    ps = obj.plugins()
+    infos = [i.as_dict() for i in sorted(ps.infos.values(), key=lambda i: i.name)]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for i in infos:
+        status = "FAILED" if i["error"] else "ok"
+        click.echo(f"{i['name']} {i['version']}  [{i['source']}: {i['origin']}]  {status}")
+        if i["hooks"]:
+            click.echo(f"    hooks: {', '.join(i['hooks'])}")
+        for kind, names in sorted(i["components"].items()):
+            click.echo(f"    {kind}: {', '.join(sorted(names))}")
+        if i["error"]:
+            click.echo(f"    error: {i['error']}")
+
+
+# --------------------------------------------------------------------------- train / config
+def _train_options(f):
+    opts = [
+        click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Run configuration (TOML)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
+        click.option("--plugin", "presets", multiple=True, metavar="NAME|PATH",
+                     help="Use what plugin NAME (or a local module path) contributes (repeatable)."),
+        click.option("--dataset", help="Shortcut for --set data.dataset=..."),
+        click.option("--divergence", "-d", help="Shortcut for --set divergence.name=..."),
+        click.option("--critic", type=click.Choice(["density", "joint", "marginal"]), help="Critic form."),
+        click.option("--architecture", "-a", help="Shortcut for --set model.architecture=..."),
+        click.option("--steps", type=int, help="Training steps."),
+        click.option("--seed", type=int, help="Random seed."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--out", "out_dir", help="Parent directory of run directories (default runs/)."),
+        click.option("--name", help="Run directory name (default: timestamp-dataset-divergence-critic)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name) -> list[str]:
+    out = list(sets)
+    for key, val in [("data.dataset", dataset), ("divergence.name", divergence), ("critic.form", critic),
+                     ("model.architecture", architecture), ("run.steps", steps), ("run.seed", seed),
+                     ("run.device", device), ("run.out_dir", out_dir), ("run.name", name)]:
+        if val is not None:
+            out.append(f"{key}={json.dumps(val) if isinstance(val, str) else val}")
+    return out
+
+
+@cli.command("train")
+@_train_options
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped run directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--nproc", type=int, default=None, help="Train with N processes (torch.distributed).")
+@click.pass_obj
+def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, architecture, steps, seed, device,
+              out_dir, name, resume, quiet, nproc) -> None:
+    """Train a model. With no options: the 2-D ring of 8 Gaussians, MLPs, density critic."""
+    from fgm_core.api import resolve_config, train
+
+    overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
+    if nproc is not None and nproc > 1:
+        from fgm_core.distributed import launch
+
+        raise SystemExit(launch(nproc, sys.argv))
+    plugins = None
+    if resume is None:
+        cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+        for msg in plugins.failures:
+            _warn_once(msg)
+        run = train(cfg, plugins=plugins, progress=not quiet)
+    else:
+        run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=obj.plugins())
+    summary = (run.path / "summary.json")
+    click.echo(f"run: {run.path}")
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        parts = []
+        if "modes_captured" in s:
+            parts.append(f"modes {s['modes_captured']}/{s['modes_total']}, high-quality {100 * s['high_quality']:.1f}%")
+        if "test_log_likelihood" in s:
+            parts.append(f"test log-likelihood {s['test_log_likelihood']:.3f} nats")
+        if parts:
+            click.echo("result: " + "; ".join(parts))
+        if "samples_plot" in s:
+            click.echo(f"samples: {s['samples_plot']}")
+
+
+def _local_plugins(obj: Ctx, presets) -> Any:
+    from fgm_core.plugins import is_module_path
+
+    local = {}
+    for p in presets:
+        if is_module_path(p):
+            path = Path(p)
+            local[path.stem if path.suffix == ".py" else path.name] = path.resolve()
+    return obj.plugins(extra_local=local or None)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect configurations."""
+
+
+@config_group.command("show")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@_train_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+@click.pass_obj
+def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, critic, architecture, steps, seed,
+                device, out_dir, name, as_json) -> None:
+    """Print the resolved configuration of a command line, or of RUN_DIR."""
+    from fgm_core.api import resolve_config
+    from fgm_core.config import dump_toml, validate
+    from fgm_core.storage import read_json
+
+    if run_dir is not None:
+        cfg = validate(read_json(run_dir / "config.json"), str(run_dir / "config.json"))
+    else:
+        overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
+        cfg, _ = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+    click.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else dump_toml(cfg), nl=not as_json)
+
+
+# --------------------------------------------------------------------------- use a model
+def _open(path: Path, device: str):
+    """A run directory (torch) or an export directory (its exporter's runtime)."""
+    if (path / "manifest.json").exists():
+        from fgm_core.api import open_export
+
+        return open_export(path, device=device)
+    from fgm_core.run import Run
+
+    return Run.load(path, device="cpu" if device == "auto" else device)
+
+
+def _read_array(path: Path):
+    import numpy as np
+
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".csv":
+            return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return z[z.files[0]]
+    except FileNotFoundError:
+        raise FGMError(f"data file {path} not found", "check the path") from None
+    except (ValueError, OSError) as e:
+        raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
+    raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
+
+
+def _write_array(arr, out: Path | None, header: str) -> None:
+    import numpy as np
+
+    if out is None:
+        np.savetxt(sys.stdout, arr, fmt="%.6g", delimiter=",", header=header, comments="")
+        return
+    from fgm_core.storage import atomic_write_bytes
+
+    if out.suffix == ".npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        atomic_write_bytes(out, buf.getvalue())
+    elif out.suffix == ".csv":
+        import io
+
+        buf = io.StringIO()
+        np.savetxt(buf, arr, fmt="%.8g", delimiter=",", header=header, comments="")
+        atomic_write_bytes(out, buf.getvalue().encode())
+    else:
+        raise FGMError(f"unsupported output {out.name}", "use .npy or .csv")
+
+
+@cli.command("sample")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-n", "n", type=int, default=16, show_default=True, help="Number of samples.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="out.npy or out.png.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: str) -> None:
+    """Draw N samples from RUN_DIR (a run or an export directory) into .npy or .png."""
+    import numpy as np
+
+    if out.suffix not in (".npy", ".png"):
+        raise FGMError(f"unsupported output {out.name}", "use -o samples.npy or -o samples.png")
+    model = _open(run_dir, device)
+    x = model.sample(n, seed=seed, noise=not mean) if not (run_dir / "manifest.json").exists() else model.sample(n, seed=seed)
+    x = np.asarray(x)
+    if out.suffix == ".npy":
+        _write_array(x, out, "")
+    else:
+        from fgm_core.plots import save_array_plot
+
+        save_array_plot(x, model, out)
+    click.echo(f"wrote {n} samples to {out}")
+
+
+@cli.command("encode")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.option("--device", default="auto", show_default=True)
+def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None:
+    """Posterior mean of q(z|x) for each row of DATA (.npy/.npz/.csv)."""
+    import numpy as np
+
+    model = _open(run_dir, device)
+    mu, _ = model.encode(_read_array(data))
+    _write_array(np.asarray(mu), out, "")
+    if out:
+        click.echo(f"wrote {len(mu)} latent means to {out}")
+
+
+@cli.command("score")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per row.")
+@click.option("--density", is_flag=True, help="Also print the density estimator's log p_D(x).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str) -> None:
+    """Per-row model log-likelihood of DATA, in nats (importance-sampled, K=k)."""
+    import numpy as np
+
+    model = _open(run_dir, device)
+    x = _read_array(data)
+    ll = np.asarray(model.log_likelihood(x, k=k, seed=seed))
+    cols, header = [ll], "log_likelihood"
+    if density:
+        cols.append(np.asarray(model.log_density(x)))
+        header += ",log_density"
+    _write_array(np.stack(cols, 1), out, header)
+    if out:
+        click.echo(f"wrote {len(ll)} scores to {out} (mean log-likelihood {ll.mean():.4f} nats)")
+
+
+# --------------------------------------------------------------------------- export
+@cli.command("export")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_flag", is_flag=True, help="Export ONNX graphs (the default format).")
+@click.option("--format", "fmt", default=None, help="Exporter name (see `fgm plugins`).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/export-FORMAT).")
+@click.option("--opset", type=int, default=None, help="ONNX opset version.")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Where to find the latest run.")
+@click.pass_obj
+def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None, out: Path | None, opset: int | None,
+               runs_dir: str) -> None:
+    """Export RUN_DIR (default: the most recent run) for deployment."""
+    from fgm_core.api import export, latest_run
+
+    fmt = fmt or "onnx"
+    if onnx_flag and fmt != "onnx":
+        raise FGMError("--onnx and --format disagree", "give one of them")
+    obj.plugins()
+    run_dir = run_dir or latest_run(runs_dir)
+    options = {"opset": opset} if opset is not None else {}
+    manifest = export(run_dir, out, fmt=fmt, **options)
+    where = out or Path(run_dir) / f"export-{fmt}"
+    click.echo(f"exported {run_dir} to {where}")
+    for g in manifest.get("graphs", []):
+        if isinstance(g, dict):
+            click.echo(f"  {g.get('file', g.get('role'))}: parity max |diff| {g.get('max_abs_diff', '?')}")
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: turn errors into one line and an exit status."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        _with_plugin_commands()
+        cli.main(args=argv, prog_name="fgm", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.Abort:
+        click.echo("fgm: aborted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except FGMError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"fgm: error: {e}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        click.echo("fgm: interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001
+        if debug:
+            traceback.print_exc()
+        else:
+            click.echo(f"fgm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        raise SystemExit(1) from None
+
+
+_commands_added = False
+
+
+def _with_plugin_commands() -> None:
+    global _commands_added
+    if _commands_added or os.environ.get("FGM_NO_PLUGIN_COMMANDS"):
+        return
+    _commands_added = True
+    try:
+        from fgm_core.plugins import get_plugins
+
+        get_plugins().add_commands(cli)
+    except FGMError:
+        pass  # reported again by the command that needs plugins

@@ -1,0 +1,254 @@
+"""Run configuration: one pydantic model per concern, loadable from TOML, overridable from the
+command line (``--set section.key=value``), written resolved into every run directory.
+
+Unknown keys and invalid values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fgm_core.errors import FGMError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset, with its own options (see ``fgm plugins`` for names)."""
+
+    dataset: str = "ring8"
+    options: dict[str, Any] = Field(default_factory=dict)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+
+class ModelConfig(_Section):
+    """Networks and the latent/observation model."""
+
+    architecture: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+    latent_dim: int = Field(8, ge=1, le=4096)
+    #: gaussian: N(mu(z), sigma^2) with sigma learned (``learn_sigma``) or fixed;
+    #: deterministic: x = G(z) (free critics only).
+    generator: Literal["gaussian", "deterministic"] = "gaussian"
+    sigma: float = Field(0.1, gt=0.0, description="initial (or fixed) generator noise scale, model units")
+    learn_sigma: bool = True
+    sigma_per_dim: bool = True
+    min_sigma: float = Field(1e-3, gt=0.0)
+
+
+class DivergenceConfig(_Section):
+    """The f-divergence: a registered name and its parameters."""
+
+    name: str = "kl"
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: bound on the argument of every exponential (float32 overflows near 88).
+    max_exp: float = Field(40.0, gt=0.0, le=80.0)
+
+
+class CriticConfig(_Section):
+    """How the discriminator side is parameterised and regularised."""
+
+    form: Literal["density", "joint", "marginal"] = "density"
+    n_critic: int = Field(1, ge=1, le=100)
+    generator_loss: Literal["saddle", "non_saturating"] = "saddle"
+    gradient_penalty: float = Field(0.0, ge=0.0)
+    spectral_norm: bool = False
+
+
+class OptimConfig(_Section):
+    """Optimisers (one for encoder+generator, one for the critic) and the schedule."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    critic_lr: float | None = Field(None, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    batch_size: int = Field(512, ge=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class RunConfig(_Section):
+    """Length, seed, device, output and logging of a run."""
+
+    steps: int = Field(3000, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    out_dir: str = "runs"
+    name: str | None = None
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    eval_samples: int = Field(2500, ge=1)
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    tensorboard: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in {"auto", "cpu", "cuda"} and not v.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+
+class FGMConfig(_Section):
+    """A whole f-GM run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    #: plugins that contributed presets to this run (``--plugin``), for the record.
+    plugins: list[str] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+# --------------------------------------------------------------------------- building
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; ``over`` wins. Option tables (``options``/``params``) merge too."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: TOML scalar/array/inline-table syntax, else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``section.key=value`` -> nested dict."""
+    if "=" not in item:
+        raise FGMError(f"override {item!r} has no '='", "write --set section.key=value, e.g. --set run.steps=500")
+    key, _, value = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise FGMError(f"override {item!r} has an empty key", "write --set section.key=value")
+    node: dict[str, Any] = {}
+    cur = node
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = parse_value(value.strip())
+    return node
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FGMError(f"config file {path} not found", "check the path given to --config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FGMError(f"cannot read config file {path}: {e}", "check the file and its permissions") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FGMError(f"config file {path} is not valid TOML: {e}", "fix the syntax") from None
+
+
+def validate(data: dict[str, Any], where: str = "config") -> FGMConfig:
+    """Validate a nested dict into an :class:`FGMConfig`; the first problem becomes one line."""
+    try:
+        return FGMConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            section = FGMConfig
+            for p in err["loc"][:-1]:
+                section = section.model_fields[str(p)].annotation  # type: ignore[assignment]
+            allowed = ", ".join(getattr(section, "model_fields", {}))
+            raise FGMError(f"{where}: unknown key {key!r}", f"allowed here: {allowed}") from None
+        value = err.get("input")
+        raise FGMError(
+            f"{where}: invalid value for {key!r}: {err['msg']} (got {value!r})",
+            "fix the value in the config file or --set",
+        ) from None
+
+
+def build_config(
+    config: dict[str, Any] | Path | None = None,
+    overrides: list[str] | None = None,
+    presets: list[dict[str, Any]] | None = None,
+) -> FGMConfig:
+    """defaults < plugin presets < config (TOML path or nested dict) < command-line overrides."""
+    data: dict[str, Any] = {}
+    for p in presets or []:
+        data = deep_merge(data, p)
+    where = "config"
+    if isinstance(config, Path):
+        data = deep_merge(data, load_toml(config))
+        where = str(config)
+    elif config is not None:
+        data = deep_merge(data, config)
+    for item in overrides or []:
+        data = deep_merge(data, parse_override(item))
+    return validate(data, where)
+
+
+def dump_toml(cfg: FGMConfig) -> str:
+    """Resolved configuration as TOML (the format users write)."""
+    return _to_toml(cfg.to_dict())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_fmt(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def _to_toml(d: dict[str, Any], prefix: str = "") -> str:
+    scalars = [(k, v) for k, v in d.items() if not (isinstance(v, dict) and k not in ("options", "params"))]
+    tables = [(k, v) for k, v in d.items() if isinstance(v, dict) and k not in ("options", "params")]
+    lines = [f"{_key(k)} = {_fmt(v)}" for k, v in scalars if v is not None]
+    out = ""
+    if prefix and (lines or not tables):
+        out += f"[{prefix}]\n"
+    if lines:
+        out += "\n".join(lines) + "\n"
+    for k, v in tables:
+        sub = _to_toml(v, f"{prefix}.{k}" if prefix else k)
+        out += ("\n" if out else "") + sub
+    return out

@@ -1,0 +1,281 @@
+"""The f-GM model: three networks, the Gaussian latent/observation model, and the objective J.
+
+Everything here works in *model units* (data mapped by the dataset's :class:`Scaling`);
+:class:`fgm_core.run.Run` converts to and from data units. Notation follows
+``fgm-math.md``: Q(x,z) = p_D(x) q(z|x) on the data side, P(x,z) = p(z) p(x|z) on the model
+side, s = log Q/P for the density critic, V the raw output of a free critic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fgm_core.components import Divergence, Networks
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Diagonal Gaussian log density, summed over all but the batch dimension."""
+    r = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * (LOG_2PI + r * r) - log_std).flatten(1).sum(1)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    return (-0.5 * (LOG_2PI + z * z)).flatten(1).sum(1)
+
+
+@dataclass
+class Losses:
+    """One side's loss plus the statistics the trainer logs (all detached floats or tensors)."""
+
+    loss: Tensor
+    objective: Tensor  # J on this batch (the divergence estimate)
+    critic_data: Tensor  # mean T on data-side samples
+    critic_model: Tensor  # mean T on model-side samples
+
+
+class FGMModel(nn.Module):
+    """Encoder q(z|x), generator p(x|z), critic, and the f-GM objective for one divergence.
+
+    ``critic_form`` is ``density`` (the critic is a density estimator l(x) and T = f'(Q/P) is
+    computed from the log ratio s), ``joint`` (free critic V(x, z)) or ``marginal`` (V(x),
+    the f-GAN objective). Switching divergence or critic form changes no network code.
+    """
+
+    def __init__(
+        self,
+        networks: Networks,
+        divergence: Divergence,
+        *,
+        critic_form: str,
+        data_shape: tuple[int, ...],
+        latent_dim: int,
+        generator: str = "gaussian",
+        sigma: float = 0.1,
+        learn_sigma: bool = True,
+        sigma_per_dim: bool = True,
+        min_sigma: float = 1e-3,
+        generator_loss: str = "saddle",
+        gradient_penalty: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.encoder = networks.encoder
+        self.decoder = networks.decoder
+        self.critic = networks.critic
+        self.divergence = divergence
+        self.critic_form = critic_form
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+        self.generator = generator
+        self.generator_loss_kind = generator_loss
+        self.gradient_penalty = gradient_penalty
+        self.min_sigma = min_sigma
+        shape = self.data_shape if sigma_per_dim else (1,) * len(self.data_shape)
+        # sigma = min_sigma + softplus(rho): positive, smooth, never below min_sigma.
+        rho0 = math.log(math.expm1(max(sigma - min_sigma, 1e-6)))
+        rho = torch.full(shape, rho0)
+        if learn_sigma and generator == "gaussian":
+            self.rho = nn.Parameter(rho)
+        else:
+            self.register_buffer("rho", rho)
+
+    # ------------------------------------------------------------------ the probabilistic model
+    @property
+    def log_sigma(self) -> Tensor:
+        return torch.log(self.min_sigma + F.softplus(self.rho))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def posterior_sample(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """z ~ q(z|x) by reparameterisation, and log q(z|x)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return z, gaussian_log_prob(z, mu, 0.5 * logvar)
+
+    def log_q(self, z: Tensor, x: Tensor) -> Tensor:
+        mu, logvar = self.encode(x)
+        return gaussian_log_prob(z, mu, 0.5 * logvar)
+
+    def log_p_x_given_z(self, x: Tensor, z: Tensor, mean: Tensor | None = None) -> Tensor:
+        mean = self.decoder(z) if mean is None else mean
+        return gaussian_log_prob(x, mean, self.log_sigma.expand_as(mean))
+
+    def generate(self, z: Tensor, eps: Tensor | None) -> Tensor:
+        """x ~ p(x|z): mean plus sigma*eps (the mean alone for a deterministic generator)."""
+        return self._generate(z, eps)[0]
+
+    def _generate(self, z: Tensor, eps: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean = self.decoder(z)
+        if self.generator == "deterministic" or eps is None:
+            return mean, mean
+        return mean + torch.exp(self.log_sigma) * eps, mean
+
+    # ------------------------------------------------------------------ critic values
+    def _log_ratio(self, x: Tensor, z: Tensor, log_q: Tensor, log_px: Tensor) -> Tensor:
+        """s = l(x) + log q(z|x) - log p(z) - log p(x|z), in float32."""
+        return self.critic(x).float() + log_q.float() - standard_normal_log_prob(z).float() - log_px.float()
+
+    def _sides(self, x_data: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Critic outputs on the data side and the model side (T-space inputs) and the samples.
+
+        Density critic: returns s on both sides. Free critics: returns raw V on both sides.
+        """
+        z_p = noise["z"]
+        x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
+        if self.critic_form == "marginal":
+            v_q = self.critic(x_data).float()
+            v_p = self.critic(x_p).float()
+            return v_q, v_p, {"x_p": x_p, "z_p": z_p}
+        z_q, log_q_data = self.posterior_sample(x_data, noise["z_eps"])
+        if self.critic_form == "joint":
+            v_q = self.critic(x_data, z_q).float()
+            v_p = self.critic(x_p, z_p).float()
+            return v_q, v_p, {"x_p": x_p, "z_p": z_p, "z_q": z_q}
+        # density critic
+        s_q = self._log_ratio(x_data, z_q, log_q_data, self.log_p_x_given_z(x_data, z_q))
+        s_p = self._log_ratio(x_p, z_p, self.log_q(z_p, x_p), self.log_p_x_given_z(x_p, z_p, mean=mean_p))
+        return s_q, s_p, {"x_p": x_p, "z_p": z_p, "z_q": z_q}
+
+    def _T_and_C(self, a_q: Tensor, a_p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """T on the data side, T and f*(T) on the model side."""
+        d = self.divergence
+        if self.critic_form == "density":
+            return d.T(a_q), d.T(a_p), d.C(a_p)
+        t_p = d.activation(a_p)
+        return d.activation(a_q), t_p, d.conjugate(t_p)
+
+    # ------------------------------------------------------------------ the two losses
+    def critic_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
+        """-J for the critic (or density estimator) step; the other networks are held fixed."""
+        with torch.no_grad():
+            z_p = noise["z"]
+            x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
+            if self.critic_form != "marginal":
+                z_q, log_q_data = self.posterior_sample(x_data, noise["z_eps"])
+            if self.critic_form == "density":
+                extra_q = log_q_data - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)
+                extra_p = self.log_q(z_p, x_p) - standard_normal_log_prob(z_p) - self.log_p_x_given_z(x_p, z_p, mean=mean_p)
+        if self.critic_form == "density":
+            a_q = self.critic(x_data).float() + extra_q.float()
+            a_p = self.critic(x_p).float() + extra_p.float()
+        elif self.critic_form == "joint":
+            a_q, a_p = self.critic(x_data, z_q).float(), self.critic(x_p, z_p).float()
+        else:
+            a_q, a_p = self.critic(x_data).float(), self.critic(x_p).float()
+        t_q, t_p, c_p = self._T_and_C(a_q, a_p)
+        objective = t_q.mean() - c_p.mean()
+        loss = -objective
+        if self.gradient_penalty > 0:
+            loss = loss + self.gradient_penalty * self._gradient_penalty(
+                x_data, x_p, z_q if self.critic_form == "joint" else None,
+                z_p if self.critic_form == "joint" else None, noise["gp"])
+        return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
+
+    def generator_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
+        """J for the encoder and generator step (the critic's parameters are not stepped).
+
+        ``non_saturating`` replaces -E_P[f*(T)] by -E_P[T]. A divergence whose model-side
+        term does not depend on (theta, phi) in expectation (``model_term_constant``, e.g.
+        kl: E_P[e^s] = integral of exp(l)) drops that term: with kl this is the VAE update.
+        """
+        a_q, a_p, samples = self._sides(x_data, noise)
+        t_q, t_p, c_p = self._T_and_C(a_q, a_p)
+        objective = t_q.mean() - c_p.mean()
+        if self.generator_loss_kind == "non_saturating":
+            loss = t_q.mean() - t_p.mean()
+        elif self.critic_form == "density" and getattr(self.divergence, "model_term_constant", False):
+            loss = t_q.mean()
+        else:
+            loss = objective
+        if self.critic_form == "marginal":
+            loss = loss + self._encoder_fit_loss(x_data, samples, noise)
+        return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
+
+    def _encoder_fit_loss(self, x_data: Tensor, samples: dict[str, Tensor], noise: dict[str, Tensor]) -> Tensor:
+        """Marginal critic: J ignores the encoder, so fit it for inference on its own
+        (negative ELBO w.r.t. the encoder only; latent regression for a deterministic G)."""
+        if self.generator == "deterministic":
+            mu, _ = self.encode(samples["x_p"].detach())
+            return F.mse_loss(mu, samples["z_p"].detach(), reduction="none").flatten(1).sum(1).mean()
+        z, log_q = self.posterior_sample(x_data, noise["z_eps"])
+        with _frozen(self.decoder):
+            mean = self.decoder(z)
+        log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach().expand_as(mean))
+        return (log_q - standard_normal_log_prob(z) - log_px).mean()
+
+    def _gradient_penalty(self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None,
+                          alpha: Tensor) -> Tensor:
+        """WGAN-GP: (||grad critic|| - 1)^2 at random interpolates of data and model samples."""
+        a = alpha.view(-1, *([1] * (x_q.dim() - 1)))
+        x_hat = (a * x_q.detach() + (1 - a) * x_p.detach()).requires_grad_(True)
+        inputs = [x_hat]
+        if z_q is not None and z_p is not None:
+            az = alpha.view(-1, 1)
+            z_hat = (az * z_q.detach() + (1 - az) * z_p.detach()).requires_grad_(True)
+            inputs.append(z_hat)
+            out = self.critic(x_hat, z_hat)
+        else:
+            out = self.critic(x_hat)
+        grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+        norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads) + 1e-12)
+        return ((norm - 1) ** 2).mean()
+
+    # ------------------------------------------------------------------ likelihood (model units)
+    def log_likelihood(self, x: Tensor, eps: Tensor) -> Tensor:
+        """Importance-sampled log p(x) with K = eps.shape[0] encoder samples (nats, model units)."""
+        mu, logvar = self.encode(x)
+        std = torch.exp(0.5 * logvar)
+        k = eps.shape[0]
+        z = mu.unsqueeze(0) + std.unsqueeze(0) * eps  # (K, B, d)
+        zf = z.reshape(-1, z.shape[-1])
+        xf = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+        log_w = (
+            standard_normal_log_prob(zf)
+            + self.log_p_x_given_z(xf, zf)
+            - gaussian_log_prob(zf, mu.repeat(k, 1), 0.5 * logvar.repeat(k, 1))
+        ).view(k, -1)
+        return torch.logsumexp(log_w, 0) - math.log(k)
+
+    def log_density(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
+        """The density estimator's log p_D(x) (model units).
+
+        Density critic: l(x). Free critics (strictly convex f): the log ratio read back
+        through (f')^{-1}, plus the model's log density, averaged over ``eps`` draws.
+        """
+        if self.critic_form == "density":
+            return self.critic(x).float()
+        if eps is None:
+            raise ValueError("free critics need latent noise eps (K, B, d) for log_density")
+        d = self.divergence
+        if self.critic_form == "marginal":
+            return d.inverse_f_prime_log(d.activation(self.critic(x).float())) + self.log_likelihood(x, eps)
+        mu, logvar = self.encode(x)
+        k = eps.shape[0]
+        z = (mu.unsqueeze(0) + torch.exp(0.5 * logvar).unsqueeze(0) * eps).reshape(-1, mu.shape[-1])
+        xf = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+        s = d.inverse_f_prime_log(d.activation(self.critic(xf, z).float()))
+        est = s + standard_normal_log_prob(z) + self.log_p_x_given_z(xf, z) - self.log_q(z, xf)
+        return est.view(k, -1).mean(0)
+
+
+class _frozen:
+    """Context manager: run a module without accumulating gradients into its parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.params = [p for p in module.parameters() if p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.params:
+            p.requires_grad_(True)

@@ -1,0 +1,371 @@
+"""The trainer owns the loop: optimisers, devices, precision, checkpoints, logging, progress.
+
+Models compute losses (:mod:`fgm_core.model`); this module alternates the critic and the
+encoder/generator updates, and makes runs reproducible and resumable bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fgm_core import __version__
+from fgm_core.build import DataInfo, load_data, make_model
+from fgm_core.components import DataBundle
+from fgm_core.config import FGMConfig, dump_toml
+from fgm_core.errors import FGMError
+from fgm_core.model import FGMModel
+from fgm_core.plugins import PluginSet
+from fgm_core.storage import (
+    FORMAT_VERSION, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(name: str, params: list, lr: float, betas: tuple[float, float], wd: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
+
+
+def lr_factor(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if kind == "linear":
+            return max(0.0, 1.0 - t)
+        if kind == "step":
+            return 0.1 ** int(3 * min(t, 0.999))
+        return 1.0
+    return f
+
+
+class Trainer:
+    """Train one f-GM run into a run directory (see :meth:`fit`)."""
+
+    def __init__(self, cfg: FGMConfig, plugins: PluginSet, run_dir: Path | None = None,
+                 resume: bool = False, bundle: DataBundle | None = None) -> None:
+        self.cfg = cfg
+        self.plugins = plugins
+        self.device = resolve_device(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.bundle = bundle or load_data(cfg, plugins)
+        self.info = DataInfo.from_bundle(self.bundle)
+        self.model: FGMModel = make_model(cfg, plugins, self.info).to(self.device)
+        self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
+        self.resume = resume
+        m = self.model
+        gen_params = [p for n, p in m.named_parameters() if not n.startswith("critic.")]
+        o = cfg.optim
+        self.opt_g = make_optimizer(o.optimizer, gen_params, o.lr, o.betas, o.weight_decay)
+        self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay)
+        factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
+        self.sched = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (self.opt_g, self.opt_c)]
+        # all training noise comes from one generator, so its state makes resume exact
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
+        self.train_x = self.info.scaling.to_model(self.bundle.train).to(self.device)
+        self.step = 0
+        self.epoch = 0
+        self.pos = 0
+        self._perm: Tensor | None = None
+        self._stop = False
+        self.last_checkpoint: int | None = None
+
+    # ------------------------------------------------------------------ the training step
+    def train_step(self) -> dict[str, Tensor]:
+        """One generator step after ``n_critic`` critic steps (the whole f-GM update)."""
+        model, cfg = self.model, self.cfg
+        for _ in range(cfg.critic.n_critic):
+            with self._autocast():
+                c = model.critic_loss(self.next_batch(), self.noise())
+            self._update(self.opt_c, c.loss, model.critic.parameters(), "critic")
+        model.critic.requires_grad_(False)  # the critic is held fixed: no grads, no work
+        with self._autocast():
+            g = model.generator_loss(self.next_batch(), self.noise())
+        model.critic.requires_grad_(True)
+        self._update(self.opt_g, g.loss, self.opt_g.param_groups[0]["params"], "generator")
+        for s in self.sched:
+            s.step()
+        self.step += 1
+        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,
+                "critic_data": c.critic_data, "critic_model": c.critic_model}
+
+    def _update(self, opt: torch.optim.Optimizer, loss: Tensor, params, who: str) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(who, self.step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(params), self.cfg.optim.grad_clip)
+        opt.step()
+
+    # ------------------------------------------------------------------ data and noise
+    def next_batch(self) -> Tensor:
+        """The next minibatch of an epoch-wise permutation seeded by (seed, epoch)."""
+        n, b = self.train_x.shape[0], min(self.cfg.optim.batch_size, self.train_x.shape[0])
+        if self._perm is None or self.pos + b > n:
+            if self._perm is not None:
+                self.epoch, self.pos = self.epoch + 1, 0
+            g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(n, generator=g).to(self.device)
+        idx = self._perm[self.pos:self.pos + b]
+        self.pos += b
+        return self.train_x[idx]
+
+    def noise(self) -> dict[str, Tensor]:
+        b, d = min(self.cfg.optim.batch_size, self.train_x.shape[0]), self.cfg.model.latent_dim
+        kw = {"generator": self.gen, "device": self.device}
+        out = {"z": torch.randn(b, d, **kw), "z_eps": torch.randn(b, d, **kw)}
+        if self.cfg.model.generator == "gaussian":
+            out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
+        if self.cfg.critic.gradient_penalty > 0:
+            out["gp"] = torch.rand(b, **kw)
+        return out
+
+    def _autocast(self):
+        if self.cfg.run.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, progress: bool | None = None) -> Path:
+        """Train to ``run.steps``, checkpointing atomically; returns the run directory."""
+        cfg = self.cfg
+        created = not self.run_dir.exists()
+        if self.resume:
+            self.load_checkpoint()
+        else:
+            if self.run_dir.exists() and any(self.run_dir.iterdir()):
+                raise FGMError(f"run directory {self.run_dir} already exists", "pass --resume or another --name")
+            self._write_run_files()
+        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard)
+        bar = Progress(cfg.run.steps, self.step, enabled=cfg.run.progress if progress is None else progress)
+        totals: dict[str, Tensor] = {}
+        count = 0
+        t0 = time.perf_counter()
+        old = _install_sigint(self)
+        try:
+            while self.step < cfg.run.steps and not self._stop:
+                stats = self.train_step()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0) + v
+                count += 1
+                if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
+                    row = {k: float(v) / count for k, v in totals.items()}
+                    row.update(step=self.step, time=round(time.perf_counter() - t0, 3),
+                               f_prime_at_1=self.model.divergence.f_prime_at_1,
+                               clamped=self.model.divergence.pop_clamped(),
+                               sigma=float(torch.exp(self.model.log_sigma).mean()),
+                               lr=self.sched[0].get_last_lr()[0])
+                    logger.log(row)
+                    bar.update(self.step, row)
+                    totals, count = {}, 0
+                if self.step % cfg.run.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except NonFiniteLoss as e:
+            bar.close()
+            logger.close()
+            kept = f"the last good checkpoint is step {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+            if self.last_checkpoint is None and created and not self.resume:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {kept}",
+                           "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
+        except BaseException:
+            bar.close()
+            logger.close()
+            if self.last_checkpoint is None and created and not self.resume:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        finally:
+            signal.signal(signal.SIGINT, old) if old is not None else None
+        bar.close()
+        logger.close()
+        if self.step != self.last_checkpoint:
+            self.save_checkpoint()
+        if not self._stop:
+            self.finish()
+        return self.run_dir
+
+    def finish(self) -> None:
+        """Final weights at the top of the run directory, plus a summary and a sample plot."""
+        from fgm_core.run import Run
+
+        save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
+                     metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)})
+        run = Run(self.run_dir, self.cfg, self.model, self.info, self.plugins.resolved())
+        summary = run.quick_evaluation(self.bundle)
+        write_json(self.run_dir / "summary.json", summary)
+
+    # ------------------------------------------------------------------ run directory
+    def _new_run_dir(self) -> Path:
+        c = self.cfg
+        name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{c.divergence.name}-{c.critic.form}"
+        path = Path(c.run.out_dir) / name
+        i = 1
+        while c.run.name is None and path.exists():
+            path = Path(c.run.out_dir) / f"{name}-{i}"
+            i += 1
+        return path
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "fgm.json", {"format_version": FORMAT_VERSION, "fgm_version": __version__,
+                                               "kind": "run"})
+        (self.run_dir / "config.toml").write_text(dump_toml(self.cfg))
+        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        write_json(self.run_dir / "plugins.json", self.plugins.resolved())
+        write_json(self.run_dir / "data.json", self.info.to_dict())
+
+    def save_checkpoint(self) -> None:
+        """Write step files, then atomically point ``checkpoint.json`` at them."""
+        ck = self.run_dir / "checkpoints"
+        tag = f"step-{self.step:08d}"
+        save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())
+        tensors: dict[str, Tensor] = {}
+        skeleton = split_state({
+            "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
+            "sched": [s.state_dict() for s in self.sched],
+            "gen": self.gen.get_state(), "perm": self._perm,
+        }, "s", tensors)
+        save_tensors(ck / f"{tag}.state.safetensors", tensors)
+        write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step, "epoch": self.epoch,
+                                               "pos": self.pos})
+        prev = self.last_checkpoint
+        write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION})
+        self.last_checkpoint = self.step
+        if prev is not None and prev != self.step:  # keep only the newest complete checkpoint
+            for f in ck.glob(f"step-{prev:08d}.*"):
+                f.unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> None:
+        ptr = read_json(self.run_dir / "checkpoint.json")
+        check_format(ptr, self.run_dir / "checkpoint.json")
+        ck = self.run_dir / "checkpoints"
+        tag = ptr["tag"]
+        self.model.load_state_dict(load_tensors(ck / f"{tag}.model.safetensors", self.device))
+        meta = read_json(ck / f"{tag}.state.json")
+        state = join_state(meta["skeleton"], load_tensors(ck / f"{tag}.state.safetensors"))
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        for s, sd in zip(self.sched, state["sched"]):
+            s.load_state_dict(sd)
+        self.gen.set_state(state["gen"].cpu() if self.device.type == "cpu" else state["gen"].cpu())
+        self._perm = state["perm"].to(self.device) if state["perm"] is not None else None
+        self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
+        self.last_checkpoint = self.step
+
+
+def check_format(meta: dict[str, Any], where: Path) -> None:
+    v = meta.get("format_version")
+    if v != FORMAT_VERSION:
+        raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
+                       "use the fgm version that wrote it, or retrain")
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, who: str, step: int) -> None:
+        super().__init__(f"non-finite {who} loss at step {step}")
+        self.who, self.step = who, step
+
+
+def _install_sigint(trainer: Trainer):
+    """Ctrl-C finishes the current step, checkpoints, and stops cleanly."""
+    if sys.platform == "win32" or not _is_main_thread():
+        return None
+
+    def handler(signum, frame):  # noqa: ARG001
+        if trainer._stop:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        trainer._stop = True
+        print("\nfgm: interrupted; saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class MetricsLogger:
+    """metrics.jsonl, plus TensorBoard when it is installed and enabled."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.f = open(self.path, "a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        import json
+
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Progress:
+    """A one-line progress display on stderr with live loss and divergence estimate."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, file=sys.stderr, unit="step", dynamic_ncols=True,
+                            disable=not enabled or os.environ.get("FGM_NO_PROGRESS") == "1")
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(D=f"{row['divergence']:.4g}", critic=f"{row['loss_critic']:.4g}",
+                                 gen=f"{row['loss_generator']:.4g}", refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
