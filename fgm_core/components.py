@@ -40,6 +40,9 @@ class Divergence(ABC):
     supports_density: bool = True
     #: f strictly convex, so log (f')^{-1}(T) recovers the log density ratio.
     strictly_convex: bool = True
+    #: E_P[C(s)] does not depend on the generator or encoder in expectation (kl: it is the
+    #: integral of exp(l)), so their update may drop it: with kl this is the VAE update.
+    model_term_constant: bool = False
 
     def __init__(self, max_exp: float = 40.0) -> None:
         self.max_exp = float(max_exp)
@@ -80,6 +83,11 @@ class Divergence(ABC):
     @abstractmethod
     def conjugate(self, t: Tensor) -> Tensor:
         """f*(t), the convex conjugate, for t in dom f*."""
+
+    def conj_act(self, v: Tensor) -> Tensor:
+        """f*(g_f(v)); override with one stable formula where g_f(v) can round onto the
+        boundary of dom f* (js, gan, hellinger)."""
+        return self.conjugate(self.activation(v))
 
     def inverse_f_prime_log(self, t: Tensor) -> Tensor:
         """log (f')^{-1}(t): the log density ratio a free critic value implies.

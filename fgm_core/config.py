@@ -78,6 +78,8 @@ class OptimConfig(_Section):
     schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0.0)
+    #: learning-rate multiplier for the generator's noise scale (a log-space parameter).
+    sigma_lr_scale: float = Field(10.0, gt=0.0)
     batch_size: int = Field(512, ge=1)
 
     @field_validator("betas")

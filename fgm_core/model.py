@@ -77,8 +77,8 @@ class FGMModel(nn.Module):
         self.gradient_penalty = gradient_penalty
         self.min_sigma = min_sigma
         shape = self.data_shape if sigma_per_dim else (1,) * len(self.data_shape)
-        # sigma = min_sigma + softplus(rho): positive, smooth, never below min_sigma.
-        rho0 = math.log(math.expm1(max(sigma - min_sigma, 1e-6)))
+        # sigma = min_sigma + exp(rho): positive, moves in log space, never below min_sigma.
+        rho0 = math.log(max(sigma - min_sigma, 1e-6))
         rho = torch.full(shape, rho0)
         if learn_sigma and generator == "gaussian":
             self.rho = nn.Parameter(rho)
@@ -88,7 +88,7 @@ class FGMModel(nn.Module):
     # ------------------------------------------------------------------ the probabilistic model
     @property
     def log_sigma(self) -> Tensor:
-        return torch.log(self.min_sigma + F.softplus(self.rho))
+        return torch.log(self.min_sigma + torch.exp(self.rho))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x)
@@ -149,8 +149,7 @@ class FGMModel(nn.Module):
         d = self.divergence
         if self.critic_form == "density":
             return d.T(a_q), d.T(a_p), d.C(a_p)
-        t_p = d.activation(a_p)
-        return d.activation(a_q), t_p, d.conjugate(t_p)
+        return d.activation(a_q), d.activation(a_p), d.conj_act(a_p)
 
     # ------------------------------------------------------------------ the two losses
     def critic_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
@@ -191,7 +190,7 @@ class FGMModel(nn.Module):
         objective = t_q.mean() - c_p.mean()
         if self.generator_loss_kind == "non_saturating":
             loss = t_q.mean() - t_p.mean()
-        elif self.critic_form == "density" and getattr(self.divergence, "model_term_constant", False):
+        elif self.critic_form == "density" and self.divergence.model_term_constant:
             loss = t_q.mean()
         else:
             loss = objective

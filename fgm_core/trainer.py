@@ -82,9 +82,12 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
         self.resume = resume
         m = self.model
-        gen_params = [p for n, p in m.named_parameters() if not n.startswith("critic.")]
+        gen_params = [p for n, p in m.named_parameters() if not n.startswith("critic.") and n != "rho"]
         o = cfg.optim
-        self.opt_g = make_optimizer(o.optimizer, gen_params, o.lr, o.betas, o.weight_decay)
+        groups = [{"params": gen_params}]
+        if isinstance(m.rho, torch.nn.Parameter):  # the noise scale moves in log space, faster
+            groups.append({"params": [m.rho], "lr": o.lr * o.sigma_lr_scale, "weight_decay": 0.0})
+        self.opt_g = make_optimizer(o.optimizer, groups, o.lr, o.betas, o.weight_decay)
         self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay)
         factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
         self.sched = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (self.opt_g, self.opt_c)]
@@ -110,7 +113,7 @@ class Trainer:
         with self._autocast():
             g = model.generator_loss(self.next_batch(), self.noise())
         model.critic.requires_grad_(True)
-        self._update(self.opt_g, g.loss, self.opt_g.param_groups[0]["params"], "generator")
+        self._update(self.opt_g, g.loss, [p for grp in self.opt_g.param_groups for p in grp["params"]], "generator")
         for s in self.sched:
             s.step()
         self.step += 1
@@ -182,7 +185,7 @@ class Trainer:
                     row.update(step=self.step, time=round(time.perf_counter() - t0, 3),
                                f_prime_at_1=self.model.divergence.f_prime_at_1,
                                clamped=self.model.divergence.pop_clamped(),
-                               sigma=float(torch.exp(self.model.log_sigma).mean()),
+                               sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
                                lr=self.sched[0].get_last_lr()[0])
                     logger.log(row)
                     bar.update(self.step, row)
