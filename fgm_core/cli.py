@@ -193,7 +193,10 @@ def _open(path: Path, device: str):
     if (path / "manifest.json").exists():
         from fgm_core.api import open_export
 
-        return open_export(path, device=device)
+        model = open_export(path, device=device)
+        if device == "auto" and hasattr(model, "settle_device"):
+            click.echo(f"fgm: {model.settle_device()}", err=True)  # say which provider auto got
+        return model
     from fgm_core.run import Run
 
     return Run.load(path, device="cpu" if device == "auto" else device)
@@ -255,7 +258,7 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: 
     if out.suffix not in (".npy", ".png"):
         raise FGMError(f"unsupported output {out.name}", "use -o samples.npy or -o samples.png")
     model = _open(run_dir, device)
-    x = model.sample(n, seed=seed, noise=not mean) if not (run_dir / "manifest.json").exists() else model.sample(n, seed=seed)
+    x = model.sample(n, seed=seed, noise=not mean)
     x = np.asarray(x)
     if out.suffix == ".npy":
         _write_array(x, out, "")
@@ -358,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("fgm: interrupted", err=True)
         raise SystemExit(130) from None
     except Exception as e:  # noqa: BLE001
+        if hasattr(e, "message") and hasattr(e, "hint"):  # a plugin's user-facing error (duck-typed)
+            if debug:
+                traceback.print_exc()
+            msg = f"{e.message} ({e.hint})" if e.hint else str(e.message)
+            click.echo(f"fgm: error: {msg}", err=True)
+            raise SystemExit(1) from None
         if debug:
             traceback.print_exc()
         else:

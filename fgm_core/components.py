@@ -175,6 +175,7 @@ class Architecture(ABC):
 
         out = copy.deepcopy(networks)
         for net in (out.encoder, out.decoder, out.critic):
+            unshare_parametrized_classes(net)
             net.eval()
             for module in list(net.modules()):
                 if parametrize.is_parametrized(module):
@@ -184,6 +185,22 @@ class Architecture(ABC):
 
 
 ArchitectureFactory = Callable[[], Architecture]
+
+
+def unshare_parametrized_classes(net: nn.Module) -> None:
+    """Give every parametrized module of ``net`` (a deep copy) a class of its own.
+
+    torch's parametrize injects one class per parametrized module and a deep copy shares it
+    with the original; removing a parametrization from the copy (baking spectral norm) would
+    otherwise delete the property from the shared class and break the original module.
+    """
+    from torch.nn.utils import parametrize
+
+    for module in net.modules():
+        if parametrize.is_parametrized(module):
+            cls = module.__class__
+            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -104,6 +104,8 @@ class PluginPolicy:
                 ) from e
         base = path.parent if path else Path.cwd()
         local = {}
+        if not isinstance(p.get("local", {}), dict):
+            raise FGMError(f"{where}: plugins.local must be a table", 'e.g. [plugins.local] mine = "my_plugin.py"')
         for name, mod in p.get("local", {}).items():
             local[name] = (base / str(mod)).resolve()
         settings = data.get("settings", {})
@@ -208,7 +210,8 @@ class PluginSet:
         return True
 
     def _fail(self, name: str, what: str, exc: BaseException) -> None:
-        msg = f"plugin {name!r} {what}: {type(exc).__name__}: {exc}"
+        detail = " ".join(str(exc).split())  # one line, whatever the exception's message
+        msg = f"plugin {name!r} {what}: {type(exc).__name__}: {detail}"
         if self.strict:
             raise PluginError(msg, "fix or uninstall the plugin, or run without --strict-plugins") from exc
         self.failures.append(msg)
@@ -223,7 +226,13 @@ class PluginSet:
                 "uninstall one of them or block it in plugins.toml",
             )
         self.infos[name] = info
-        self.pm.register(module, name=name)
+        try:
+            self.pm.register(module, name=name)
+        except Exception as e:  # noqa: BLE001 - e.g. a hookimpl whose arguments match no hookspec
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            self._fail(name, "has invalid hooks", e)
+            return
         info.hooks = sorted(
             h.name for h in self.pm.get_hookcallers(module) or [] if h.name in hookspecs.__dict__
         )
@@ -302,6 +311,7 @@ class PluginSet:
                 impl.function(**kwargs)
             except Exception as e:  # noqa: BLE001
                 self._fail(plugin, f"raised in register_{kind}", e)
+                self._drop_components(plugin)
                 continue
             for c in staged:
                 prev = self.components[kind].get(c.name)
@@ -312,6 +322,12 @@ class PluginSet:
                     )
                 self.components[kind][c.name] = c
                 self.infos[plugin].components.setdefault(kind, []).append(c.name)
+
+    def _drop_components(self, plugin: str) -> None:
+        """Forget what a plugin registered through its other hooks: a failed plugin is skipped whole."""
+        for kind in COMPONENT_KINDS:
+            self.components[kind] = {n: c for n, c in self.components[kind].items() if c.plugin != plugin}
+        self.infos[plugin].components = {}
 
     # -- queries -------------------------------------------------------------------------
     def settings(self, plugin: str) -> dict[str, Any]:

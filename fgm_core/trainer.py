@@ -165,8 +165,7 @@ class Trainer:
         if self.resume:
             self.load_checkpoint()
         else:
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise FGMError(f"run directory {self.run_dir} already exists", "pass --resume or another --name")
+            self._claim_run_dir()
             self._write_run_files()
         logger = MetricsLogger(self.run_dir, cfg.run.tensorboard)
         bar = Progress(cfg.run.steps, self.step, enabled=cfg.run.progress if progress is None else progress)
@@ -230,12 +229,22 @@ class Trainer:
     def _new_run_dir(self) -> Path:
         c = self.cfg
         name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{c.divergence.name}-{c.critic.form}"
-        path = Path(c.run.out_dir) / name
-        i = 1
-        while c.run.name is None and path.exists():
-            path = Path(c.run.out_dir) / f"{name}-{i}"
-            i += 1
-        return path
+        return Path(c.run.out_dir) / name
+
+    def _claim_run_dir(self) -> None:
+        """Create the run directory; auto-named runs take the next free suffix (race-free)."""
+        base, i = self.run_dir, 1
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                self.run_dir.mkdir()
+                return
+            except FileExistsError:
+                if self.cfg.run.name is not None:
+                    raise FGMError(f"run directory {self.run_dir} already exists",
+                                   "pass --resume to continue it, or another --name") from None
+                self.run_dir = base.with_name(f"{base.name}-{i}")
+                i += 1
 
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,142 @@
+// Sample from an fgm ONNX export with onnxruntime-node: no Python, no torch.
+//
+//   node sample.mjs EXPORT_DIR [-n N] [--seed S] [--z z.npy] [--eps eps.npy] [--mean] [-o out.npy]
+//
+// Input/output names and shapes come from EXPORT_DIR/manifest.json (role "generator").
+// Noise is an input of the graph: z (N, latent_dim) and, for a Gaussian generator,
+// eps (N, ...data_shape). Given as .npy files (float32 or float64, C order) they are used
+// as they are; otherwise they are drawn here from a seeded standard normal (not the same
+// stream as numpy's). The samples are in the data's own units (the scaling is in the graph);
+// -o writes them as .npy, else a JSON summary goes to stdout.
+import fs from "node:fs";
+import path from "node:path";
+import * as ort from "onnxruntime-node";
+
+function fail(msg) {
+  console.error(`sample.mjs: error: ${msg}`);
+  process.exit(1);
+}
+
+function parseArgs(argv) {
+  const a = { dir: null, n: 16, seed: 0, z: null, eps: null, mean: false, out: null };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const next = () => (i + 1 < argv.length ? argv[++i] : fail(`${k} needs a value`));
+    if (k === "-n") a.n = Number.parseInt(next(), 10);
+    else if (k === "--seed") a.seed = Number.parseInt(next(), 10);
+    else if (k === "--z") a.z = next();
+    else if (k === "--eps") a.eps = next();
+    else if (k === "--mean") a.mean = true;
+    else if (k === "-o" || k === "--out") a.out = next();
+    else if (k === "-h" || k === "--help") {
+      console.log("usage: node sample.mjs EXPORT_DIR [-n N] [--seed S] [--z z.npy] [--eps eps.npy] [--mean] [-o out.npy]");
+      process.exit(0);
+    } else if (a.dir === null) a.dir = k;
+    else fail(`unexpected argument ${k}`);
+  }
+  if (a.dir === null) fail("give the export directory (the one with manifest.json)");
+  if (!(a.n >= 1)) fail("-n must be a positive integer");
+  return a;
+}
+
+// ------------------------------------------------------------------ .npy in and out
+function readNpy(file) {
+  const buf = fs.readFileSync(file);
+  if (buf.readUInt8(0) !== 0x93 || buf.toString("latin1", 1, 6) !== "NUMPY") fail(`${file} is not a .npy file`);
+  const major = buf.readUInt8(6);
+  const hlen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
+  const start = major === 1 ? 10 : 12;
+  const header = buf.toString("latin1", start, start + hlen);
+  const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
+  const fortran = /'fortran_order':\s*True/.test(header);
+  const shape = (/'shape':\s*\(([^)]*)\)/.exec(header)?.[1] ?? "")
+    .split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+  if (fortran) fail(`${file} is in Fortran order; save it with numpy.ascontiguousarray`);
+  const body = buf.subarray(start + hlen);
+  const count = shape.reduce((p, s) => p * s, 1);
+  let data;
+  if (descr === "<f4") data = new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + 4 * count));
+  else if (descr === "<f8") data = Float32Array.from(new Float64Array(body.buffer.slice(body.byteOffset, body.byteOffset + 8 * count)));
+  else fail(`${file} has dtype ${descr}; use float32 or float64`);
+  return { data, shape };
+}
+
+function writeNpy(file, data, shape) {
+  const dict = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
+  const total = 10 + dict.length + 1;
+  const pad = (64 - (total % 64)) % 64;
+  const header = dict + " ".repeat(pad) + "\n";
+  const pre = Buffer.alloc(10);
+  pre.writeUInt8(0x93, 0);
+  pre.write("NUMPY", 1, "latin1");
+  pre.writeUInt8(1, 6);
+  pre.writeUInt8(0, 7);
+  pre.writeUInt16LE(header.length, 8);
+  fs.writeFileSync(file, Buffer.concat([pre, Buffer.from(header, "latin1"), Buffer.from(data.buffer, data.byteOffset, data.byteLength)]));
+}
+
+// ------------------------------------------------------------------ seeded standard normal
+function normals(count, seed) {
+  let s = (seed >>> 0) + 0x9e3779b9;
+  const uniform = () => { // mulberry32
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i += 2) { // Box-Muller
+    const u = 1 - uniform();
+    const r = Math.sqrt(-2 * Math.log(u));
+    const th = 2 * Math.PI * uniform();
+    out[i] = r * Math.cos(th);
+    if (i + 1 < count) out[i + 1] = r * Math.sin(th);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ main
+const args = parseArgs(process.argv.slice(2));
+const manifestPath = path.join(args.dir, "manifest.json");
+if (!fs.existsSync(manifestPath)) fail(`${args.dir} has no manifest.json; give a directory written by \`fgm export --onnx\``);
+const manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8"));
+if (manifest.exporter !== "onnx" || manifest.format_version !== 1) fail(`${manifestPath} is not an fgm ONNX export (format 1)`);
+const graph = manifest.graphs.find((g) => g.role === "generator");
+if (!graph) fail("the manifest lists no generator graph");
+
+let n = args.n;
+const given = {};
+for (const name of ["z", "eps"]) {
+  if (args[name] === null) continue;
+  given[name] = readNpy(args[name]);
+  n = given[name].shape[0];
+}
+
+const feeds = {};
+for (const input of graph.inputs) {
+  const dims = input.shape.map((d) => (typeof d === "string" ? n : d));
+  const count = dims.reduce((p, s) => p * s, 1);
+  let data;
+  if (given[input.name]) {
+    const g = given[input.name];
+    if (g.shape.join(",") !== dims.join(",")) fail(`--${input.name} has shape [${g.shape}], expected [${dims}]`);
+    data = g.data;
+  } else if (input.name === "eps" && args.mean) {
+    data = new Float32Array(count);
+  } else {
+    data = normals(count, args.seed + (input.name === "z" ? 0 : 1));
+  }
+  feeds[input.name] = new ort.Tensor("float32", data, dims);
+}
+
+const session = await ort.InferenceSession.create(path.join(args.dir, graph.file));
+const result = await session.run(feeds);
+const x = result[graph.outputs[0].name];
+if (args.out) {
+  writeNpy(args.out, x.data, x.dims);
+  console.log(`wrote ${n} samples of shape [${x.dims.slice(1)}] to ${args.out}`);
+} else {
+  const rows = Array.from({ length: Math.min(n, 4) }, (_, i) => Array.from(x.data.slice(i * (x.data.length / n), (i + 1) * (x.data.length / n))).slice(0, 8));
+  console.log(JSON.stringify({ shape: x.dims, latent_dim: manifest.latent_dim, divergence: manifest.divergence, first_rows: rows }));
+}

@@ -1,0 +1,485 @@
+"""Run an fgm ONNX export with numpy and onnxruntime only (no torch, no fgm_core).
+
+    from fgm_onnx.runtime import OnnxRuntimeModel
+    m = OnnxRuntimeModel("export/", device="auto")   # CUDA when it really runs, else CPU
+    x = m.sample(1000, seed=0)                        # (1000, *data_shape), data units
+    mu, logvar = m.encode(x)
+    ll = m.log_likelihood(x, k=100)                   # nats per row
+    ld = m.log_density(x)                             # the density estimator's log p_D(x)
+
+The methods mirror :class:`fgm_core.run.Run` (data units in and out) and return numpy
+arrays. Noise is drawn here with ``numpy.random.default_rng(seed)`` (or passed in: ``z``,
+``eps``) and fed to the graphs. Every problem the caller can fix raises
+:class:`FGMRuntimeError` (bad input: :class:`RuntimeInputError`, also a ``ValueError``) with a
+one-line message and a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+FORMAT_VERSION = 1
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+ROLES = ("generator", "encoder", "density", "likelihood")
+
+
+class FGMRuntimeError(Exception):
+    """A problem with an export or with how it is used; ``hint`` says how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class RuntimeInputError(FGMRuntimeError, ValueError):
+    """Input data the graphs cannot take: wrong shape or dtype, NaN/inf, empty."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the export knows about its data (like ``Run.info``)."""
+
+    dataset: str
+    shape: tuple[int, ...]
+    kind: str
+    shift: float
+    scale: float
+    label_names: list[str] | None = None
+    mixture: dict[str, list] | None = None
+
+    @property
+    def dims(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def scaling(self) -> dict[str, float]:
+        return {"shift": self.shift, "scale": self.scale}
+
+
+@dataclass
+class _Graph:
+    role: str
+    path: Path
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    session: Any = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _capture_stderr():
+    """Capture what native code writes to file descriptor 2 (onnxruntime's provider errors)."""
+    buf: list[str] = []
+    try:
+        fd = 2
+        saved = os.dup(fd)
+    except OSError:  # no usable stderr: nothing to capture
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            os.dup2(tmp.fileno(), fd)
+            yield buf
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            buf.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _first_error(log: str) -> str:
+    """The gist of onnxruntime's log about a provider that did not start."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    for line in text.splitlines():
+        if "Failed" in line or "Require" in line or "error" in line.lower():
+            line = line.split("]", 2)[-1].strip() if "]" in line else line.strip()
+            return re.sub(r"^[:\s\d]*FAIL\s*:\s*", "", line)[:300]
+    return "no reason given"
+
+
+def _parse_device(device: str) -> tuple[str, int]:
+    d = str(device).strip().lower()
+    if d in ("auto", "cpu", "cuda"):
+        return d, 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda", int(d[5:])
+    raise FGMRuntimeError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
+
+
+def _positive_int(value: Any, what: str, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise RuntimeInputError(f"{what} must be a positive integer, got {value!r}", f"use {flag} 1 or more")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- the runtime
+class OnnxRuntimeModel:
+    """An fgm ONNX export directory, ready for inference (see the module docstring).
+
+    ``device``: ``auto`` (CUDA when onnxruntime really runs the graphs on it, else CPU; the
+    choice is in :attr:`provider` and :attr:`device_message`), ``cpu``, ``cuda`` or
+    ``cuda:N`` (an error unless the CUDA execution provider is the one running).
+    ``threads`` sets onnxruntime's intra-op threads; ``spinning=False`` stops idle worker
+    threads from spinning (fairer for benchmarks, kinder to shared machines).
+    """
+
+    def __init__(self, export_dir: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True) -> None:
+        self.path = Path(export_dir)
+        self.device, self.device_id = _parse_device(device)
+        self.threads = threads
+        self.spinning = spinning
+        self.manifest = self._read_manifest()
+        m = self.manifest
+        try:
+            self.latent_dim = int(m["latent_dim"])
+            self.data_shape = tuple(int(s) for s in m["data_shape"])
+            sc = m["scaling"]
+            data = m.get("data") or {}
+            self.info = ExportInfo(str(data.get("dataset", "?")), self.data_shape, str(data.get("kind", "?")),
+                                   float(sc["shift"]), float(sc["scale"]), data.get("label_names"),
+                                   data.get("mixture"))
+            self.critic_form = str(m["critic"])
+            self.generator = str(m["generator"])
+            self.divergence = m.get("divergence")
+            self.graphs = {g["role"]: _Graph(g["role"], self.path / g["file"], g["inputs"], g["outputs"])
+                           for g in m["graphs"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise FGMRuntimeError(f"{self.path / 'manifest.json'} is missing or has a bad field ({e!r})",
+                                  "re-export the run with `fgm export --onnx`") from None
+        for g in self.graphs.values():
+            if not g.path.is_file():
+                raise FGMRuntimeError(f"graph file {g.path} listed in the manifest is missing",
+                                      "copy the whole export directory, or re-export")
+        self.provider: str | None = None  # set by the first session
+        self.device_message = ""
+        self._providers: list[Any] | None = None
+
+    # ------------------------------------------------------------------ loading
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.path / "manifest.json"
+        if not self.path.is_dir():
+            raise FGMRuntimeError(f"export directory {self.path} not found", "give the directory `fgm export` wrote")
+        if not path.is_file():
+            raise FGMRuntimeError(f"{self.path} has no manifest.json, so it is not an fgm export",
+                                  "give the directory `fgm export --onnx` wrote")
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FGMRuntimeError(f"cannot read {path}: {e}", "re-export the run") from None
+        if not isinstance(m, dict) or m.get("exporter") != "onnx":
+            raise FGMRuntimeError(f"{path} is not an fgm ONNX manifest (exporter {m.get('exporter') if isinstance(m, dict) else None!r})",
+                                  "open it with the exporter that wrote it")
+        version = m.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FGMRuntimeError(f"{path} has export format version {version!r}; this runtime reads version "
+                                  f"{FORMAT_VERSION}", "upgrade fgm (the runtime) or re-export with this version")
+        if version < 1:
+            raise FGMRuntimeError(f"{path} has unknown export format version {version!r}", "re-export the run")
+        return m
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.graphs)
+
+    def _options(self) -> Any:
+        opts = ort.SessionOptions()
+        if self.threads is not None:
+            opts.intra_op_num_threads = int(self.threads)
+            opts.inter_op_num_threads = 1
+        if not self.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return opts
+
+    def _new_session(self, path: Path) -> Any:
+        """A session on the chosen provider; decides the provider on the first call."""
+        if self._providers is not None:
+            return ort.InferenceSession(str(path), self._options(), providers=self._providers)
+        cuda = [(CUDA, {"device_id": self.device_id}), CPU]
+        available = ort.get_available_providers()
+        if self.device == "cpu" or (self.device == "auto" and CUDA not in available):
+            sess = ort.InferenceSession(str(path), self._options(), providers=[CPU])
+            why = "" if self.device == "cpu" else " (this onnxruntime has no CUDA execution provider)"
+            self._settle(sess, [CPU], f"onnxruntime: running on {CPU}{why}")
+            return sess
+        if CUDA not in available:
+            raise FGMRuntimeError(f"device cuda: this onnxruntime build has no {CUDA} (available: {', '.join(available)})",
+                                  "install onnxruntime-gpu, or use --device cpu/auto")
+        with _capture_stderr() as log:
+            sess = ort.InferenceSession(str(path), self._options(), providers=cuda)
+        active = sess.get_providers()[0]
+        if active == CUDA:
+            self._settle(sess, cuda, f"onnxruntime: running on {CUDA} (device {self.device_id})")
+            return sess
+        reason = _first_error(log[0] if log else "")
+        if self.device == "cuda":
+            raise FGMRuntimeError(f"device cuda: onnxruntime did not start the CUDA execution provider "
+                                  f"(the session runs on {active}; {reason})",
+                                  "install the CUDA and cuDNN versions this onnxruntime-gpu needs, or use --device cpu/auto")
+        self._settle(sess, [CPU], f"onnxruntime: running on {CPU} (CUDA did not start: {reason})")
+        return sess
+
+    def _settle(self, sess: Any, providers: list[Any], message: str) -> None:
+        self._providers = providers
+        self.provider = sess.get_providers()[0]
+        self.device_message = message
+
+    def _session(self, role: str) -> Any:
+        g = self.graphs.get(role)
+        if g is None:
+            why = {"likelihood": "the generator is deterministic, so the model has no likelihood"}.get(role, "")
+            raise FGMRuntimeError(f"this export has no {role} graph{': ' + why if why else ''}",
+                                  f"graphs here: {', '.join(self.graphs) or 'none'}")
+        if g.session is None:
+            try:
+                sess = self._new_session(g.path)
+            except FGMRuntimeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                raise FGMRuntimeError(f"onnxruntime cannot load {g.path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                                      "is this file an fgm ONNX export? re-export the run") from None
+            meta = sess.get_modelmeta().custom_metadata_map
+            if meta.get("fgm.role") != role:
+                raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
+                                      f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")
+            fv = meta.get("fgm.format_version", "")
+            if not fv.isdigit() or int(fv) > FORMAT_VERSION:
+                raise FGMRuntimeError(f"{g.path} has export format version {fv!r}; this runtime reads {FORMAT_VERSION}",
+                                      "upgrade fgm or re-export the run")
+            names = [i.name for i in sess.get_inputs()]
+            if names != [i["name"] for i in g.inputs]:
+                raise FGMRuntimeError(f"{g.path} takes inputs {names}, the manifest says "
+                                      f"{[i['name'] for i in g.inputs]}", "the export directory is inconsistent; re-export")
+            g.session, g.meta = sess, dict(meta)
+        return g.session
+
+    def settle_device(self) -> str:
+        """Choose the execution provider now (by opening the smallest graph) and return the
+        one-line :attr:`device_message`, e.g. for a command line to report what ``auto`` got."""
+        if self.provider is None and self.graphs:
+            self._session(min(self.graphs.values(), key=lambda g: g.path.stat().st_size).role)
+        return self.device_message
+
+    def metadata(self, role: str) -> dict[str, str]:
+        """The ``fgm.*`` metadata of a graph (strings; JSON for structures)."""
+        self._session(role)
+        return dict(self.graphs[role].meta)
+
+    # ------------------------------------------------------------------ running graphs
+    def run(self, role: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run one graph on float32 inputs; IO binding on CUDA, plain ``run`` on CPU."""
+        sess = self._session(role)
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+        names = outputs or [o.name for o in sess.get_outputs()]
+        if self.provider == CUDA:
+            binding = sess.io_binding()
+            keep = []  # the device copies must live until the run is over
+            for name, arr in feeds.items():
+                value = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self.device_id)
+                keep.append(value)
+                binding.bind_ortvalue_input(name, value)
+            for name in names:
+                binding.bind_output(name, "cuda", self.device_id)
+            sess.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()
+            del keep
+            return out
+        return sess.run(names, feeds)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_x(self, x: Any) -> np.ndarray:
+        """Validate data-unit input like ``Run.as_model_input``: (N, *shape) float32, finite."""
+        try:
+            a = np.asarray(x)
+        except Exception as e:  # noqa: BLE001 - ragged lists and the like
+            raise RuntimeInputError(f"input cannot be read as an array ({e})", "pass a numeric array") from None
+        if a.dtype == bool or a.dtype.kind not in "fiu":
+            raise RuntimeInputError(f"input has dtype {a.dtype}, expected numbers", "pass a float array")
+        shape, d = self.data_shape, self.info.dims
+        if a.ndim == 1 and a.shape[0] == d:
+            a = a[None]
+        if a.ndim == 2 and len(shape) > 1 and a.shape[1] == d:
+            a = a.reshape(-1, *shape)
+        if tuple(a.shape[1:]) != shape or a.ndim < 1:
+            raise RuntimeInputError(f"input has shape {a.shape}, the model expects (N, {', '.join(map(str, shape))})",
+                                    f"pass rows of {d} values")
+        if a.shape[0] == 0:
+            raise RuntimeInputError("input is empty (0 rows)", "pass at least one row")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        self._check_finite(a, "input")
+        return a
+
+    @staticmethod
+    def _check_finite(a: np.ndarray, what: str) -> None:
+        bad = ~np.isfinite(a)
+        if bad.any():
+            row = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(1))[0]) if a.ndim > 1 else int(np.flatnonzero(bad)[0])
+            raise RuntimeInputError(f"{what} has NaN or inf values (first in row {row})",
+                                    "clean the data" if what == "input" else f"pass finite {what}")
+
+    def _check_noise(self, a: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+        """Validate caller-given noise against ``shape`` (-1: any size)."""
+        arr = np.asarray(a)
+        if arr.dtype == bool or arr.dtype.kind not in "fiu":
+            raise RuntimeInputError(f"{what} has dtype {arr.dtype}, expected numbers", "pass a float array")
+        ok = arr.ndim == len(shape) and all(w < 0 or w == s for w, s in zip(shape, arr.shape))
+        if not ok or 0 in arr.shape:
+            want = ", ".join("N" if w < 0 else str(w) for w in shape)
+            raise RuntimeInputError(f"{what} has shape {arr.shape}, expected ({want})",
+                                    f"pass {what} of that shape (N >= 1)")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        self._check_finite(arr, what)
+        return arr
+
+    # ------------------------------------------------------------------ the abilities
+    def sample(self, n: int | None = None, seed: int = 0, z: Any = None, eps: Any = None, noise: bool = True,
+               batch: int = 4096) -> np.ndarray:
+        """``n`` samples in data units, (n, *data_shape) float32.
+
+        Noise: ``z`` (n, d) and ``eps`` (n, *data_shape) if given, else standard normal
+        draws from ``numpy.random.default_rng(seed)`` (z then eps, per batch of ``batch``).
+        ``noise=False`` gives the generator means (eps = 0).
+        """
+        d, shape = self.latent_dim, self.data_shape
+        self._session("generator")
+        gaussian = "eps" in [i["name"] for i in self.graphs["generator"].inputs]
+        if z is not None:
+            z = self._check_noise(z, (-1, d), "z")
+            if n is not None and _positive_int(n, "number of samples", "-n") != z.shape[0]:
+                raise RuntimeInputError(f"n = {n} but z has {z.shape[0]} rows", "leave n out when passing z")
+            n = z.shape[0]
+        else:
+            n = _positive_int(16 if n is None else n, "number of samples", "-n")
+        if eps is not None:
+            if not gaussian:
+                raise RuntimeInputError("this generator is deterministic and takes no eps", "leave eps out")
+            eps = self._check_noise(eps, (n, *shape), "eps")
+        batch = _positive_int(batch, "batch", "batch=")
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(0, n, batch):
+            b = min(batch, n - i)
+            zb = z[i:i + b] if z is not None else rng.standard_normal((b, d), dtype=np.float32)
+            feeds = {"z": zb}
+            if gaussian:
+                if eps is not None:
+                    feeds["eps"] = eps[i:i + b]
+                elif noise:
+                    feeds["eps"] = rng.standard_normal((b, *shape), dtype=np.float32)
+                else:
+                    feeds["eps"] = np.zeros((b, *shape), np.float32)
+            out.append(self.run("generator", feeds)[0])
+        return np.concatenate(out)
+
+    def encode(self, x: Any, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and log-variance of q(z|x) for data-unit ``x``, each (N, d)."""
+        x = self._check_x(x)
+        mus, lvs = [], []
+        for i in range(0, x.shape[0], batch):
+            mu, lv = self.run("encoder", {"x": x[i:i + batch]})
+            mus.append(mu)
+            lvs.append(lv)
+        return np.concatenate(mus), np.concatenate(lvs)
+
+    def _latent_noise(self, eps: Any, k: int, n: int, what: str = "eps") -> np.ndarray | None:
+        if eps is None:
+            return None
+        return self._check_noise(eps, (-1, n, self.latent_dim), what)
+
+    def log_likelihood(self, x: Any, k: int = 100, seed: int = 0, eps: Any = None, batch: int = 512) -> np.ndarray:
+        """Importance-sampled log p(x) per row, nats, data units (K = ``k`` encoder draws).
+
+        ``eps`` (K, N, d): the standard normal draws to use instead of ``seed``'s.
+        """
+        x = self._check_x(x)
+        self._session("likelihood")
+        k = _positive_int(k, "k", "-k")
+        eps = self._latent_noise(eps, k, x.shape[0])
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(0, x.shape[0], batch):
+            xb = x[i:i + batch]
+            e = eps[:, i:i + batch] if eps is not None else rng.standard_normal((k, xb.shape[0], self.latent_dim),
+                                                                               dtype=np.float32)
+            out.append(self.run("likelihood", {"x": xb, "eps": e})[0])
+        return np.concatenate(out)
+
+    def log_density(self, x: Any, k: int = 16, seed: int = 0, eps: Any = None, batch: int = 512) -> np.ndarray:
+        """The density estimator's log p_D(x) per row, nats, data units.
+
+        Density critic: l(x). Free critics: the section-4 estimate averaged over ``k`` encoder
+        draws (``eps`` (K, N, d) to pass them), when the export has it.
+        """
+        x = self._check_x(x)
+        g = self.graphs.get("density")
+        if g is None or "log_density" not in [o["name"] for o in g.outputs]:
+            raise FGMRuntimeError(
+                f"this export has no log_density (critic {self.critic_form!r}, generator {self.generator!r}, "
+                f"divergence {self._divergence_name()!r})",
+                "a free critic yields densities only with a Gaussian generator and a strictly convex f")
+        names = [i["name"] for i in g.inputs]
+        k = _positive_int(k, "k", "-k")
+        eps = self._latent_noise(eps, k, x.shape[0])
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(0, x.shape[0], batch):
+            xb = x[i:i + batch]
+            feeds = {"x": xb}
+            if "eps" in names:
+                feeds["eps"] = eps[:, i:i + batch] if eps is not None else rng.standard_normal(
+                    (k, xb.shape[0], self.latent_dim), dtype=np.float32)
+            if "z" in names:  # the critic output is not wanted here; z only feeds it
+                feeds["z"] = np.zeros((xb.shape[0], self.latent_dim), np.float32)
+            out.append(self.run("density", feeds, ["log_density"])[0])
+        return np.concatenate(out)
+
+    def critic(self, x: Any, z: Any = None) -> np.ndarray:
+        """The raw critic value per row: V(x, z) (joint, needs ``z``), V(x) (marginal), or the
+        density estimator's log p_D(x) in data units (density)."""
+        x = self._check_x(x)
+        self._session("density")
+        if self.critic_form == "density":
+            return self.run("density", {"x": x})[0]
+        names = [i["name"] for i in self.graphs["density"].inputs]
+        feeds = {"x": x}
+        if "z" in names:
+            if z is None:
+                raise RuntimeInputError("the joint critic V(x, z) needs z", "pass z, shape (N, latent_dim)")
+            feeds["z"] = self._check_noise(z, (x.shape[0], self.latent_dim), "z")
+        if "eps" in names:
+            feeds["eps"] = np.zeros((1, x.shape[0], self.latent_dim), np.float32)
+        return self.run("density", feeds, ["critic"])[0]
+
+    def _divergence_name(self) -> str:
+        d = self.divergence
+        return str(d.get("name")) if isinstance(d, dict) else str(d)
+
+    def __repr__(self) -> str:
+        return (f"OnnxRuntimeModel({str(self.path)!r}, roles={self.roles}, data_shape={self.data_shape}, "
+                f"latent_dim={self.latent_dim}, provider={self.provider or 'not started'})")
+
+
+def open_export(export_dir: str | os.PathLike, device: str = "auto", **kw: Any) -> OnnxRuntimeModel:
+    """Open an fgm ONNX export directory (see :class:`OnnxRuntimeModel`)."""
+    return OnnxRuntimeModel(export_dir, device=device, **kw)
+
+
+__all__ = ["ExportInfo", "FGMRuntimeError", "OnnxRuntimeModel", "RuntimeInputError", "open_export"]
