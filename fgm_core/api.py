@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fgm_core.config import FGMConfig, build_config
-from fgm_core.errors import FGMError
+from fgm_core.config import FGMConfig, build_config, validate
+from fgm_core.errors import FGMError, PluginError
 from fgm_core.plugins import PluginSet, get_plugins, is_module_path
 from fgm_core.run import Run
 
@@ -51,8 +51,11 @@ def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, over
         if not (resume / "config.json").exists():
             raise FGMError(f"cannot resume {resume}: no config.json there", "give a run directory that `fgm train` created")
         from fgm_core.storage import read_json
+        from fgm_core.trainer import check_format
 
+        check_format(read_json(resume / "fgm.json"), resume / "fgm.json")  # a run of another format version
         base = read_json(resume / "config.json")
+        validate(base, str(resume / "config.json"))  # a damaged config.json is named as such
         cfg, plugins = resolve_config(base, overrides, None, plugins)
         trainer = Trainer(cfg, plugins, run_dir=resume, resume=True)
     else:
@@ -83,14 +86,22 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
 
     run = run if isinstance(run, Run) else Run.load(run)
     plugins = get_plugins(near=run.path)
-    exporter = plugins.get("exporters", fmt).factory()
+    comp = plugins.get("exporters", fmt)
+    exporter = comp.factory()
     out = Path(out_dir) if out_dir else run.path / f"export-{fmt}"
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise FGMError(f"{out} exists and is not an fgm export", "choose another -o directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = exporter.export(run, tmp, **options)
+        try:
+            manifest = exporter.export(run, tmp, **options)
+        except Exception as e:
+            if isinstance(e, FGMError) or (hasattr(e, "message") and hasattr(e, "hint")):
+                raise  # the exporter's own user-facing error
+            raise PluginError(f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())}; nothing was written to {out}",
+                              "fix or update the plugin, or report it to its author") from e
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -203,6 +203,8 @@ def _open(path: Path, device: str):
 
 
 def _read_array(path: Path):
+    import zipfile
+
     import numpy as np
 
     try:
@@ -212,10 +214,14 @@ def _read_array(path: Path):
             return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise FGMError(f"{path} holds no arrays", "save the data with np.savez(path, x)")
                 return z[z.files[0]]
     except FileNotFoundError:
         raise FGMError(f"data file {path} not found", "check the path") from None
-    except (ValueError, OSError) as e:
+    except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
+        raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
     raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
 
@@ -335,6 +341,97 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
     for g in manifest.get("graphs", []):
         if isinstance(g, dict):
             click.echo(f"  {g.get('file', g.get('role'))}: parity max |diff| {g.get('max_abs_diff', '?')}")
+
+
+# --------------------------------------------------------------------------- evaluate / plot / compare
+@cli.command("evaluate")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per held-out row.")
+@click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
+@click.option("--test", "n_test", type=int, default=2000, show_default=True, help="Held-out rows scored.")
+@click.option("--threshold", type=float, default=None, help="Gap threshold in nats (default log 10).")
+@click.option("--full-data", "full", is_flag=True, help="Evaluate against the full dataset (drop data.options.modes).")
+@click.option("--set-data", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a data option for the held-out data, e.g. --set-data limit=500.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@click.pass_obj
+def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
+                 full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None) -> None:
+    """Evaluate a run or an export directory on held-out data: mixture metrics, likelihood,
+    image scores and per-mode collapse detection."""
+    from fgm_core.config import parse_value
+    from fgm_core.evaluate import GAP_THRESHOLD, evaluate, format_report, load_test_bundle, open_model
+
+    if k < 1 or n_samples < 1 or n_test < 1:
+        raise FGMError("-k, --samples and --test must be positive", "use values of 1 or more")
+    obj.plugins()
+    model = open_model(path, device="cpu")
+    options = {}
+    for item in data_sets:
+        if "=" not in item:
+            raise FGMError(f"--set-data {item!r} has no '='", "write --set-data key=value")
+        key, _, val = item.partition("=")
+        options[key.strip()] = parse_value(val.strip())
+    bundle = load_test_bundle(model, options, ("modes",) if full else ())
+    res = evaluate(model, bundle, k=k, n_samples=n_samples, n_test=n_test, seed=seed,
+                   threshold=GAP_THRESHOLD if threshold is None else threshold, classifier=not no_classifier)
+    res["path"] = str(path)
+    if out is not None:
+        from fgm_core.storage import write_json
+
+        write_json(out, res)
+    click.echo(json.dumps(res, indent=2) if as_json else format_report(res))
+
+
+@cli.command("plot")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/plots).")
+@click.pass_obj
+def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
+    """Draw samples, 2-D density heatmaps and training curves of RUN_DIR as PNGs."""
+    from fgm_core.plots import plot_run
+
+    obj.plugins()
+    for p in plot_run(run_dir, out):
+        click.echo(f"wrote {p}")
+
+
+@cli.command("compare")
+@click.option("--divergences", required=True, help="Comma-separated divergence names, e.g. kl,reverse_kl,js,gan.")
+@click.option("--critic", "critics", default="density", show_default=True,
+              help="Critic form(s), comma-separated: density, joint, marginal.")
+@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
+@click.option("--dataset", help="Shortcut for --set data.dataset=...")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per divergence.")
+@click.option("--steps", type=int, help="Training steps per run.")
+@click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples for the likelihood.")
+@click.option("--samples", "n_samples", type=int, default=2500, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs).")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+              help="Report directory.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Where the runs go (default REPORT_DIR/runs).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.pass_obj
+def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset, seeds: int, steps: int | None, k: int,
+                n_samples: int, threads: int | None, out: Path, runs_dir: Path | None, quiet: bool) -> None:
+    """Train the same networks with each divergence (and seed) and write a report."""
+    from fgm_core.compare import compare, markdown_table
+
+    divs = [d.strip() for d in divergences.split(",") if d.strip()]
+    crits = [c.strip() for c in critics.split(",") if c.strip()]
+    bad = [c for c in crits if c not in ("density", "joint", "marginal")]
+    if bad:
+        raise FGMError(f"unknown critic form {bad[0]!r}", "use density, joint or marginal")
+    overrides = _overrides(sets, dataset, None, None, None, steps, None, None, None, None)
+    obj.plugins()
+    summary = compare(divs, crits, seeds, out, base=config, overrides=overrides, k=k, n_samples=n_samples,
+                      progress=not quiet, threads=threads, runs_dir=runs_dir)
+    click.echo(markdown_table(summary))
+    click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fgm_core.errors import FGMError
 
@@ -23,6 +23,19 @@ else:  # pragma: no cover
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true/false as 1/0; ``steps = true`` is a mistake, not 1 step
+        if isinstance(v, bool) and _is_number_type(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return v
+
+
+def _is_number_type(annotation: Any) -> bool:
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
+    return bool(args) and all(a in (int, float) for a in args)
 
 
 class DataConfig(_Section):

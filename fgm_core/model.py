@@ -9,6 +9,7 @@ side, s = log Q/P for the density critic, V the raw output of a free critic.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -119,30 +120,32 @@ class FGMModel(nn.Module):
         return mean + torch.exp(self.log_sigma) * eps, mean
 
     # ------------------------------------------------------------------ critic values
-    def _log_ratio(self, x: Tensor, z: Tensor, log_q: Tensor, log_px: Tensor) -> Tensor:
-        """s = l(x) + log q(z|x) - log p(z) - log p(x|z), in float32."""
-        return self.critic(x).float() + log_q.float() - standard_normal_log_prob(z).float() - log_px.float()
+    def _sides(self, x_data: Tensor, noise: dict[str, Tensor], critic_step: bool
+               ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Critic inputs on the data side (Q) and the model side (P), and the samples.
 
-    def _sides(self, x_data: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Critic outputs on the data side and the model side (T-space inputs) and the samples.
-
-        Density critic: returns s on both sides. Free critics: returns raw V on both sides.
+        Density critic: the log ratio s = l(x) + log q(z|x) - log p(z) - log p(x|z) on both
+        sides; free critics: the raw outputs V. For the critic step everything but the
+        critic runs without gradients.
         """
-        z_p = noise["z"]
-        x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
-        if self.critic_form == "marginal":
-            v_q = self.critic(x_data).float()
-            v_p = self.critic(x_p).float()
-            return v_q, v_p, {"x_p": x_p, "z_p": z_p}
-        z_q, log_q_data = self.posterior_sample(x_data, noise["z_eps"])
-        if self.critic_form == "joint":
-            v_q = self.critic(x_data, z_q).float()
-            v_p = self.critic(x_p, z_p).float()
-            return v_q, v_p, {"x_p": x_p, "z_p": z_p, "z_q": z_q}
-        # density critic
-        s_q = self._log_ratio(x_data, z_q, log_q_data, self.log_p_x_given_z(x_data, z_q))
-        s_p = self._log_ratio(x_p, z_p, self.log_q(z_p, x_p), self.log_p_x_given_z(x_p, z_p, mean=mean_p))
-        return s_q, s_p, {"x_p": x_p, "z_p": z_p, "z_q": z_q}
+        with torch.no_grad() if critic_step else nullcontext():
+            z_p = noise["z"]
+            x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
+            samples = {"x_p": x_p, "z_p": z_p}
+            if self.critic_form != "marginal":
+                samples["z_q"], log_q_data = self.posterior_sample(x_data, noise["z_eps"])
+        z_q = samples.get("z_q")
+        joint = self.critic_form == "joint"
+        # one critic call on both batches (critics hold no batch statistics)
+        v = self.critic(torch.cat([x_data, x_p]), torch.cat([z_q, z_p]) if joint else None).float()
+        v_q, v_p = v[: x_data.shape[0]], v[x_data.shape[0]:]
+        if self.critic_form == "density":
+            with torch.no_grad() if critic_step else nullcontext():
+                extra_q = log_q_data - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)
+                extra_p = (self.log_q(z_p, x_p) - standard_normal_log_prob(z_p)
+                           - self.log_p_x_given_z(x_p, z_p, mean=mean_p))
+            v_q, v_p = v_q + extra_q.float(), v_p + extra_p.float()
+        return v_q, v_p, samples
 
     def _T_and_C(self, a_q: Tensor, a_p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """T on the data side, T and f*(T) on the model side."""
@@ -154,28 +157,15 @@ class FGMModel(nn.Module):
     # ------------------------------------------------------------------ the two losses
     def critic_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
         """-J for the critic (or density estimator) step; the other networks are held fixed."""
-        with torch.no_grad():
-            z_p = noise["z"]
-            x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
-            if self.critic_form != "marginal":
-                z_q, log_q_data = self.posterior_sample(x_data, noise["z_eps"])
-            if self.critic_form == "density":
-                extra_q = log_q_data - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)
-                extra_p = self.log_q(z_p, x_p) - standard_normal_log_prob(z_p) - self.log_p_x_given_z(x_p, z_p, mean=mean_p)
-        if self.critic_form == "density":
-            a_q = self.critic(x_data).float() + extra_q.float()
-            a_p = self.critic(x_p).float() + extra_p.float()
-        elif self.critic_form == "joint":
-            a_q, a_p = self.critic(x_data, z_q).float(), self.critic(x_p, z_p).float()
-        else:
-            a_q, a_p = self.critic(x_data).float(), self.critic(x_p).float()
+        a_q, a_p, samples = self._sides(x_data, noise, critic_step=True)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
         loss = -objective
         if self.gradient_penalty > 0:
+            joint = self.critic_form == "joint"
             loss = loss + self.gradient_penalty * self._gradient_penalty(
-                x_data, x_p, z_q if self.critic_form == "joint" else None,
-                z_p if self.critic_form == "joint" else None, noise["gp"])
+                x_data, samples["x_p"], samples.get("z_q") if joint else None,
+                samples["z_p"] if joint else None, noise["gp"])
         return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
 
     def generator_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
@@ -185,7 +175,7 @@ class FGMModel(nn.Module):
         term does not depend on (theta, phi) in expectation (``model_term_constant``, e.g.
         kl: E_P[e^s] = integral of exp(l)) drops that term: with kl this is the VAE update.
         """
-        a_q, a_p, samples = self._sides(x_data, noise)
+        a_q, a_p, samples = self._sides(x_data, noise, critic_step=False)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
         if self.generator_loss_kind == "non_saturating":

@@ -69,7 +69,11 @@ class Run:
     # ------------------------------------------------------------------ inputs
     def as_model_input(self, x: Any) -> Tensor:
         """Validate data-unit input (array or tensor) and map it to model units."""
-        t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+        if not isinstance(x, Tensor):
+            x = np.asarray(x)
+            if x.dtype.kind not in "biuf":  # strings, objects, complex: torch cannot even convert them
+                raise FGMError(f"input has dtype {x.dtype}, expected numbers", "pass a float array")
+        t = torch.as_tensor(x)
         if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.uint8)):
             raise FGMError(f"input has dtype {t.dtype}, expected numbers", "pass a float array")
         t = t.float()

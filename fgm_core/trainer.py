@@ -24,7 +24,7 @@ from fgm_core import __version__
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, dump_toml
-from fgm_core.errors import FGMError
+from fgm_core.errors import FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
@@ -175,7 +175,30 @@ class Trainer:
         old = _install_sigint(self)
         try:
             while self.step < cfg.run.steps and not self._stop:
-                stats = self.train_step()
+                try:
+                    stats = self.train_step()
+                except (FGMError, NonFiniteLoss):
+                    raise
+                except Exception as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
+                    import traceback
+
+                    files = [Path(fr.filename).resolve() for fr in traceback.extract_tb(e.__traceback__)]
+                    who = []
+                    for kind, name in (("architectures", cfg.model.architecture), ("divergences", cfg.divergence.name)):
+                        plugin = self.plugins.plugin_of(kind, name)
+                        mod = self.plugins.pm.get_plugin(plugin)
+                        home = Path(getattr(mod, "__file__", None) or "/nonexistent").resolve()
+                        if home.name == "__init__.py" or "." in getattr(mod, "__name__", ""):
+                            home = home.parent  # a package (or a module in one): any of its files
+                        if any(f == home or home in f.parents for f in files):
+                            who.append(f"{kind[:-1]} {name!r} (plugin {plugin!r})")
+                    if not who:
+                        raise  # not from a plugin: an internal error, with its traceback under --debug
+                    kept = (f"the last checkpoint (step {self.last_checkpoint}) is intact: fix the plugin, then "
+                            f"`fgm train --resume {self.run_dir}`" if self.last_checkpoint else "no checkpoint was written")
+                    raise PluginError(f"training step {self.step + 1} failed in {' / '.join(who)}: "
+                                      f"{type(e).__name__}: {' '.join(str(e).split())}; {kept}",
+                                      "fix or update the plugin, or report it to its author") from e
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0) + v
                 count += 1

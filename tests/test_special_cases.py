@@ -79,7 +79,7 @@ def test_kl_density_objective_identity(plugins):
     noise = noise_for(model, 128)
     with torch.no_grad():
         j = model.critic_loss(x, noise).objective
-        a_q, a_p, _ = model._sides(x, noise)
+        a_q, a_p, _ = model._sides(x, noise, critic_step=True)
         mu, logvar = model.encode(x)
         z = mu + torch.exp(0.5 * logvar) * noise["z_eps"]
         mc_elbo = (model.log_p_x_given_z(x, z) + standard_normal_log_prob(z) - gaussian_log_prob(z, mu, 0.5 * logvar))

@@ -1,0 +1,455 @@
+"""Evaluation of a trained model (a run or an export): sample quality, held-out likelihood,
+image scores, and per-mode collapse detection (fgm-math.md sections 4-5, anchors.md 1-3).
+
+Everything works on a *model* that is either a :class:`fgm_core.run.Run` or an export runtime
+(for example ``fgm_onnx.runtime.OnnxRuntimeModel``): both sample, encode and score in data units.
+
+Metric definitions (all per held-out datum or per generated sample, data units):
+
+- ``test_log_likelihood``: mean importance-sampled log p_theta(x), nats, K = ``k``.
+- ``test_log_density``: mean of the density estimator's log p_D(x), nats.
+- ``test_bits_per_dim`` / ``test_density_bits_per_dim`` (images): -mean / (D log 2).
+- mixtures: the PacGAN protocol (:func:`fgm_core.metrics.mixture_metrics`) on ``n_samples``
+  samples (``modes_captured``, ``high_quality``, ``kl_to_uniform``; the same on the generator
+  means G(z) with the noise off: ``*_means``, since a Gaussian generator's noise scale alone
+  can push noisy samples past Mahalanobis 3 of a std-0.01 mode), and ``optimum_log_likelihood`` = -H(mixture) (Monte Carlo, exact density), the best
+  achievable ``test_log_likelihood``; ``likelihood_gap_to_optimum`` = optimum - model.
+- images: ``sharpness`` = mean over images of the variance of the 4-neighbour Laplacian of the
+  image scaled to [0, 1] (``data_sharpness`` for held-out data, the reference);
+  ``reconstruction_mse`` = mean squared error per dimension between x and G(mu_q(x)) with
+  images scaled to [0, 1] (data units otherwise).
+- images with labels: a local classifier (:mod:`fgm_core.classifier`, its
+  ``classifier_accuracy`` on the test split reported); ``class_kl`` = KL(class histogram of
+  samples || class histogram of held-out data), ``class_kl_to_uniform``; ``frechet_distance``
+  between Gaussian fits of the classifier's penultimate features of samples and held-out data.
+
+Mode collapse (:func:`mode_collapse`): see its docstring for the rule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fgm_core.errors import FGMError
+
+#: gap threshold in nats: the model gives a point at least e^T times less density than the
+#: density estimator (T = log 10: a tenfold shortfall).
+GAP_THRESHOLD = math.log(10.0)
+#: a mode is under-produced when its sample share is below this fraction of its data share.
+SAMPLE_RATIO = 0.2
+#: ... and collapse is certain from samples alone below this fraction.
+SAMPLE_RATIO_DECISIVE = 0.05
+#: share of a mode's held-out points above the gap threshold that confirms a collapse.
+GAP_SHARE = 0.5
+
+
+# --------------------------------------------------------------------------- opening models
+def open_model(path: str | Path, device: str = "cpu") -> Any:
+    """A run directory (torch :class:`Run`) or an export directory (its exporter's runtime)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FGMError(f"{path} is not a directory", "give a run directory or an export directory")
+    if (path / "manifest.json").exists():
+        from fgm_core.api import open_export
+
+        return open_export(path, device=device)
+    if not (path / "fgm.json").exists():
+        raise FGMError(f"{path} is neither a run directory nor an export directory",
+                       "give the directory `fgm train` or `fgm export` wrote")
+    from fgm_core.run import Run
+
+    return Run.load(path, device=device)
+
+
+def model_config(model: Any):
+    """The training configuration of a run or an export (from its manifest)."""
+    from fgm_core.config import validate
+
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "data"):
+        return cfg
+    manifest = getattr(model, "manifest", None) or {}
+    if not isinstance(manifest.get("config"), dict):
+        raise FGMError(f"{getattr(model, 'path', '?')} records no training configuration",
+                       "re-export the run with this version of fgm")
+    return validate(manifest["config"], "manifest config")
+
+
+def load_test_bundle(model: Any, data_options: dict[str, Any] | None = None, drop_options: tuple[str, ...] = ()):
+    """Reload the model's dataset (train/test splits with labels) through its plugin.
+
+    ``data_options`` override ``data.options``; ``drop_options`` removes keys (e.g. ``modes``
+    to evaluate a model trained on some modes against the full mixture).
+    """
+    from fgm_core.build import load_data
+    from fgm_core.plugins import get_plugins
+
+    cfg = model_config(model).model_copy(deep=True)
+    opts = {k: v for k, v in cfg.data.options.items() if k not in drop_options}
+    opts.update(data_options or {})
+    cfg.data.options = opts
+    return load_data(cfg, get_plugins(near=getattr(model, "path", None)))
+
+
+# --------------------------------------------------------------------------- a uniform view
+class _View:
+    """Torch tensors out of either a Run or an export runtime."""
+
+    def __init__(self, model: Any) -> None:
+        self.m = model
+        self.is_run = hasattr(model, "model") and hasattr(model, "as_model_input")
+        self.info = model.info
+        self.shape = tuple(self.info.shape)
+        self.dims = int(np.prod(self.shape))
+        sc = self.info.scaling
+        self.shift, self.scale = (sc.shift, sc.scale) if self.is_run else (sc["shift"], sc["scale"])
+        self.critic_form = model.model.critic_form if self.is_run else model.critic_form
+        self.generator = model.model.generator if self.is_run else model.generator
+
+    def sample(self, n: int, seed: int, noise: bool = True) -> Tensor:
+        return torch.as_tensor(np.asarray(self.m.sample(n, seed=seed, noise=noise))).float()
+
+    def log_likelihood(self, x: Tensor, k: int, seed: int = 0) -> Tensor:
+        return torch.as_tensor(np.asarray(self.m.log_likelihood(x.numpy(), k=k, seed=seed))).double()
+
+    def log_density(self, x: Tensor, seed: int = 0) -> Tensor | None:
+        try:
+            return torch.as_tensor(np.asarray(self.m.log_density(x.numpy(), seed=seed))).double()
+        except Exception as e:  # noqa: BLE001 - an export or critic without a density estimate
+            if type(e).__name__ in ("FGMRuntimeError", "FGMError", "NotImplementedError"):
+                return None
+            raise
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        mu, _ = self.m.encode(x.numpy())
+        if self.is_run:
+            run = self.m
+            z = torch.as_tensor(np.asarray(mu)).float().to(run.device)
+            xm = run.model.generate(z, None)
+            return run.info.scaling.to_data(xm).cpu().float()
+        return torch.as_tensor(np.asarray(self.m.sample(z=np.asarray(mu, np.float32), noise=False))).float()
+
+    def unit(self, x: Tensor) -> Tensor:
+        """Images to [0, 1] (data units are shift + scale * [-1, 1])."""
+        return ((x - self.shift) / self.scale + 1.0) / 2.0
+
+
+# --------------------------------------------------------------------------- building blocks
+def mixture_negative_entropy(means: Tensor, stds: Tensor, weights: Tensor | None = None, n: int = 200_000,
+                             seed: int = 0) -> float:
+    """-H(mixture) = E_p[log p(x)], Monte Carlo over ``n`` exact draws with the exact density."""
+    from fgm_core.metrics import mixture_log_density
+
+    means, stds = torch.as_tensor(means).double(), torch.as_tensor(stds).double()
+    k = means.shape[0]
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+    w = w / w.sum()
+    g = torch.Generator().manual_seed(seed)
+    comp = torch.multinomial(w, n, replacement=True, generator=g)
+    x = means[comp] + stds[comp] * torch.randn(n, means.shape[1], generator=g, dtype=torch.float64)
+    total = 0.0
+    for i in range(0, n, 50_000):
+        total += float(mixture_log_density(x[i:i + 50_000], means, stds, w).sum())
+    return total / n
+
+
+def separated_mixture_negative_entropy(stds: Tensor, weights: Tensor | None = None) -> float:
+    """-H for a mixture of non-overlapping diagonal Gaussians: sum_k w_k (log w_k - H_k)."""
+    stds = torch.as_tensor(stds).double()
+    k, d = stds.shape
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+    w = w / w.sum()
+    h = 0.5 * d * math.log(2 * math.pi * math.e) + stds.log().sum(1)
+    return float((w * (w.log() - h)).sum())
+
+
+def sharpness(images: Tensor) -> float:
+    """Mean over images of the variance of the 4-neighbour Laplacian ([0, 1] images)."""
+    x = images.double().reshape(-1, *images.shape[-2:]) if images.dim() >= 3 else images.double()
+    lap = (x[:, 1:-1, :-2] + x[:, 1:-1, 2:] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] - 4 * x[:, 1:-1, 1:-1])
+    return float(lap.flatten(1).var(1).mean())
+
+
+def kl_histograms(p_counts: Tensor, q_counts: Tensor, eps: float = 1e-6) -> float:
+    """KL(p || q) of two count vectors, smoothed by ``eps`` so empty bins stay finite."""
+    p = p_counts.double() + eps
+    q = q_counts.double() + eps
+    p, q = p / p.sum(), q / q.sum()
+    return float((p * (p / q).log()).sum())
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}) between Gaussian fits of rows."""
+    a, b = a.double(), b.double()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = torch.cov(a.T), torch.cov(b.T)
+    # tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))), computed symmetrically
+    e1, v1 = torch.linalg.eigh(s1)
+    r1 = (v1 * e1.clamp_min(0).sqrt()) @ v1.T
+    m = r1 @ s2 @ r1
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * tr_sqrt)
+
+
+def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 30) -> tuple[Tensor, Tensor]:
+    """Seeded k-means (k-means++ start, Lloyd steps): (centers (k, D), labels (N,))."""
+    x = x.double().flatten(1)
+    g = torch.Generator().manual_seed(seed)
+    k = min(k, x.shape[0])
+    centers = x[torch.randint(x.shape[0], (1,), generator=g)]
+    for _ in range(1, k):
+        d = torch.cdist(x, centers).min(1).values ** 2
+        p = d / d.sum() if d.sum() > 0 else torch.full_like(d, 1.0 / len(d))
+        centers = torch.cat([centers, x[torch.multinomial(p, 1, generator=g)]])
+    labels = torch.cdist(x, centers).argmin(1)
+    for _ in range(iters):
+        new = torch.stack([x[labels == j].mean(0) if (labels == j).any() else centers[j] for j in range(k)])
+        new_labels = torch.cdist(x, new).argmin(1)
+        centers = new
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centers, labels
+
+
+# --------------------------------------------------------------------------- modes
+class _Modes:
+    """How held-out points and samples are assigned to modes."""
+
+    def __init__(self, view: _View, bundle: Any, test: Tensor, test_labels: Tensor | None, classifier: Any,
+                 n_clusters: int, seed: int) -> None:
+        self.view = view
+        info = view.info
+        mixture = info.mixture
+        self.classifier = classifier
+        if mixture is not None:
+            self.kind = "mixture component"
+            self.means = torch.tensor(mixture["means"], dtype=torch.float64)
+            self.stds = torch.tensor(mixture["stds"], dtype=torch.float64)
+            self.names = [f"mode-{i}" for i in range(len(self.means))]
+            dm = torch.cdist(self.means, self.means) + torch.eye(len(self.means)) * 1e9
+            #: a sample belongs to a mode when it is within half the smallest inter-mode distance
+            self.radius = 0.5 * float(dm.min())
+            self.test_modes = test_labels if test_labels is not None else self.assign(test)
+        elif test_labels is not None:
+            self.kind = "class"
+            k = int(max(int(test_labels.max()) + 1, len(info.label_names or [])))
+            self.names = list(info.label_names or [])[:k] or [f"class-{i}" for i in range(k)]
+            self.names += [f"class-{i}" for i in range(len(self.names), k)]
+            self.test_modes = test_labels.long()
+        else:
+            self.kind = "cluster"
+            flat = test.flatten(1)
+            self.centers, self.test_modes = kmeans(flat, n_clusters, seed=seed)
+            self.names = [f"cluster-{i}" for i in range(len(self.centers))]
+
+    def assign(self, x: Tensor) -> Tensor:
+        """Mode index per row; -1 (none) when no mode claims it."""
+        if self.kind == "mixture component":
+            d = torch.cdist(x.double(), self.means)
+            dist, idx = d.min(1)
+            return torch.where(dist < self.radius, idx, torch.full_like(idx, -1))
+        if self.kind == "class":
+            if self.classifier is None:
+                return torch.full((x.shape[0],), -1, dtype=torch.long)
+            return self.classifier.predict(x)
+        return torch.cdist(x.double().flatten(1), self.centers).argmin(1)
+
+
+def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes: Tensor, names: list[str],
+                  threshold: float = GAP_THRESHOLD, sample_ratio: float = SAMPLE_RATIO,
+                  decisive_ratio: float = SAMPLE_RATIO_DECISIVE, gap_share: float = GAP_SHARE,
+                  log_likelihood: Tensor | None = None, kind: str = "mode") -> dict[str, Any]:
+    """Per-mode collapse report.
+
+    For each mode m (held-out points grouped by ``test_modes``; samples by ``sample_modes``,
+    -1 = in no mode): ``mean_gap`` (mean of g(x) = log p_D(x) - log p_theta(x) over its
+    held-out points), ``gap_share`` (share with g(x) > ``threshold``), ``data_share`` and
+    ``sample_share`` (share of held-out points / of generated samples in the mode) and
+    ``sample_ratio`` = sample_share / data_share.
+
+    Rule: a mode is **collapsed** when the model under-produces it (sample_ratio <
+    ``sample_ratio``, default 0.2) and either the likelihood confirms it (gap_share >=
+    ``gap_share``, default 0.5, with threshold log 10 nats) or the samples alone are decisive
+    (sample_ratio < ``decisive_ratio``, default 0.05; also when the model has no density
+    estimate). Requiring the sample deficit keeps a poor density estimator from flagging
+    covered modes; the decisive clause catches modes the estimator never saw either (a model
+    trained without them), where both densities are low and the gap says little.
+    """
+    k = len(names)
+    n_test = max(int(test_modes.numel()), 1)
+    n_samp = max(int(sample_modes.numel()), 1)
+    rows = []
+    collapsed = []
+    for m in range(k):
+        sel = test_modes == m
+        cnt = int(sel.sum())
+        if cnt == 0:
+            continue
+        data_share = cnt / n_test
+        s_share = float((sample_modes == m).sum()) / n_samp
+        ratio = s_share / data_share
+        row: dict[str, Any] = {"mode": m, "name": names[m], "test_points": cnt, "data_share": data_share,
+                               "sample_share": s_share, "sample_ratio": ratio}
+        if per_point_gap is not None:
+            g = per_point_gap[sel]
+            row["mean_gap"] = float(g.mean())
+            row["gap_share"] = float((g > threshold).double().mean())
+        if log_likelihood is not None:
+            row["mean_log_likelihood"] = float(log_likelihood[sel].mean())
+        few = ratio < sample_ratio
+        confirmed = per_point_gap is None or row.get("gap_share", 0.0) >= gap_share or ratio < decisive_ratio
+        row["collapsed"] = bool(few and confirmed)
+        if row["collapsed"]:
+            collapsed.append(m)
+        rows.append(row)
+    return {
+        "kind": kind,
+        "modes": rows,
+        "collapsed": collapsed,
+        "collapsed_names": [names[m] for m in collapsed],
+        "unassigned_sample_share": float((sample_modes < 0).sum()) / n_samp,
+        "rule": {"gap_threshold_nats": threshold, "sample_ratio": sample_ratio,
+                 "decisive_sample_ratio": decisive_ratio, "gap_share": gap_share},
+    }
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2500, n_test: int = 2000,
+             threshold: float = GAP_THRESHOLD, seed: int = 0, classifier: bool | Any = True,
+             n_clusters: int = 10, collapse: bool = True) -> dict[str, Any]:
+    """All metrics of the module docstring, plus ``mode_collapse`` (a dict) when ``collapse``.
+
+    ``model``: a Run, an export runtime or a path to either. ``bundle``: the held-out data
+    (default: reloaded from the model's recorded config). ``classifier``: True (train or
+    load the cached one), False, or a :class:`fgm_core.classifier.Classifier`.
+    """
+    t0 = time.perf_counter()
+    if isinstance(model, (str, Path)):
+        model = open_model(model)
+    if bundle is None:
+        bundle = load_test_bundle(model)
+    v = _View(model)
+    if tuple(bundle.test.shape[1:]) != v.shape:
+        raise FGMError(f"test data has shape {tuple(bundle.test.shape[1:])}, the model expects {v.shape}",
+                       "evaluate against the dataset the model was trained on")
+    out: dict[str, Any] = {"dataset": v.info.dataset, "critic": v.critic_form, "k": k, "n_samples": n_samples}
+    gen = torch.Generator().manual_seed(seed)
+    n = min(n_test, bundle.test.shape[0])
+    idx = torch.randperm(bundle.test.shape[0], generator=gen)[:n]
+    test = bundle.test[idx].float()
+    labels = bundle.test_labels[idx] if bundle.test_labels is not None else None
+    out["n_test"] = n
+    samples = v.sample(n_samples, seed=seed + 1)
+    is_image = len(v.shape) == 3
+
+    # likelihood
+    ll = v.log_likelihood(test, k=k, seed=seed) if v.generator == "gaussian" else None
+    ld = v.log_density(test, seed=seed)
+    if ll is not None:
+        out["test_log_likelihood"] = float(ll.mean())
+    if ld is not None:
+        out["test_log_density"] = float(ld.mean())
+    if is_image:
+        for key in ("test_log_likelihood", "test_log_density"):
+            if key in out:
+                out[key.replace("log_likelihood", "bits_per_dim").replace("log_density", "density_bits_per_dim")] = \
+                    -out[key] / (v.dims * math.log(2))
+
+    # mixtures
+    if v.info.mixture is not None:
+        from fgm_core.metrics import mixture_metrics
+
+        mix = v.info.mixture
+        out.update(mixture_metrics(samples, torch.tensor(mix["means"]), torch.tensor(mix["stds"])))
+        if v.generator == "gaussian":  # the same protocol on the generator means G(z), noise off
+            mm = mixture_metrics(v.sample(n_samples, seed=seed + 1, noise=False), torch.tensor(mix["means"]),
+                                 torch.tensor(mix["stds"]))
+            out.update({f"{key}_means": mm[key] for key in ("modes_captured", "high_quality", "kl_to_uniform")})
+        w = torch.tensor(mix["weights"]) if mix.get("weights") is not None else None
+        out["optimum_log_likelihood"] = mixture_negative_entropy(torch.tensor(mix["means"]), torch.tensor(mix["stds"]), w)
+        if ll is not None:
+            out["likelihood_gap_to_optimum"] = out["optimum_log_likelihood"] - out["test_log_likelihood"]
+
+    # reconstruction, images
+    rec = v.reconstruct(test[:min(n, 1000)])
+    ref = test[:min(n, 1000)]
+    if is_image:
+        out["reconstruction_mse"] = float(((v.unit(rec) - v.unit(ref)) ** 2).mean())
+        out["sharpness"] = sharpness(v.unit(samples[:1000]))
+        out["data_sharpness"] = sharpness(v.unit(test[:1000]))
+    else:
+        out["reconstruction_mse"] = float(((rec - ref) ** 2).mean())
+
+    clf = None
+    if is_image and labels is not None and classifier is not False:
+        from fgm_core.classifier import Classifier, get_classifier
+
+        clf = classifier if isinstance(classifier, Classifier) else get_classifier(bundle, model_config(model))
+        out["classifier_accuracy"] = clf.accuracy
+        out["classifier_cached"] = clf.cached
+        kcls = clf.n_classes
+        pred = clf.predict(samples)
+        sc = torch.bincount(pred, minlength=kcls)
+        dc = torch.bincount(bundle.test_labels.long(), minlength=kcls)
+        out["class_kl"] = kl_histograms(sc, dc)
+        out["class_kl_to_uniform"] = kl_histograms(sc, torch.ones(kcls))
+        out["frechet_distance"] = frechet_distance(clf.features(samples), clf.features(test))
+
+    if collapse:
+        modes = _Modes(v, bundle, test, labels, clf, n_clusters, seed)
+        gap = (ld - ll) if (ld is not None and ll is not None) else None
+        mc = mode_collapse(gap, modes.test_modes, modes.assign(samples), modes.names, threshold=threshold,
+                           log_likelihood=ll, kind=modes.kind)
+        out["mode_collapse"] = mc
+        out["modes_collapsed"] = len(mc["collapsed"])
+    out["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def format_report(res: dict[str, Any]) -> str:
+    """Human-readable lines for ``fgm evaluate``."""
+    lines = [f"dataset {res['dataset']}, critic {res['critic']}, {res['n_test']} held-out points, "
+             f"{res['n_samples']} samples, K={res['k']}"]
+    if "modes_captured" in res:
+        lines.append(f"modes captured {res['modes_captured']}/{res['modes_total']}, high-quality "
+                     f"{100 * res['high_quality']:.1f}%, KL(modes || uniform) {res['kl_to_uniform']:.4f}")
+    if "modes_captured_means" in res:
+        lines.append(f"  generator means (noise off): modes {res['modes_captured_means']}/{res['modes_total']}, "
+                     f"high-quality {100 * res['high_quality_means']:.1f}%, KL {res['kl_to_uniform_means']:.4f}")
+    if "test_log_likelihood" in res:
+        s = f"test log-likelihood {res['test_log_likelihood']:.3f} nats"
+        if "optimum_log_likelihood" in res:
+            s += f" (optimum -H = {res['optimum_log_likelihood']:.3f}, gap {res['likelihood_gap_to_optimum']:.3f})"
+        if "test_bits_per_dim" in res:
+            s += f", {res['test_bits_per_dim']:.4f} bits/dim"
+        lines.append(s)
+    if "test_log_density" in res:
+        s = f"density estimator log p_D: {res['test_log_density']:.3f} nats"
+        if "test_density_bits_per_dim" in res:
+            s += f", {res['test_density_bits_per_dim']:.4f} bits/dim"
+        lines.append(s)
+    lines.append(f"reconstruction MSE {res['reconstruction_mse']:.6g}")
+    if "sharpness" in res:
+        lines.append(f"sharpness {res['sharpness']:.5f} (data {res['data_sharpness']:.5f})")
+    if "classifier_accuracy" in res:
+        lines.append(f"classifier test accuracy {100 * res['classifier_accuracy']:.1f}%: class KL {res['class_kl']:.4f}, "
+                     f"KL to uniform {res['class_kl_to_uniform']:.4f}, Frechet distance {res['frechet_distance']:.4f}")
+    mc = res.get("mode_collapse")
+    if mc:
+        lines.append(f"modes ({mc['kind']}): {'name':>16} {'data%':>6} {'samp%':>6} {'gap':>8} {'gap>T%':>7}")
+        for r in mc["modes"]:
+            gap = f"{r['mean_gap']:8.2f}" if "mean_gap" in r else f"{'-':>8}"
+            gs = f"{100 * r['gap_share']:7.1f}" if "gap_share" in r else f"{'-':>7}"
+            flag = "  COLLAPSED" if r["collapsed"] else ""
+            lines.append(f"  {r['name']:>30} {100 * r['data_share']:6.1f} {100 * r['sample_share']:6.1f} {gap} {gs}{flag}")
+        lines.append("collapsed: " + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none"))
+    return "\n".join(lines)

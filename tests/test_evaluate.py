@@ -1,0 +1,245 @@
+"""Evaluation (`fgm evaluate`), mode-collapse detection, `fgm plot` and `fgm compare`.
+
+Tiny budgets: one thread per run, small MLPs, few steps. The mode-collapse test trains a VAE
+(kl) on five of ring8's eight modes and checks that the detector names exactly the other three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fgm_core as fgm
+from fgm_core.evaluate import (
+    evaluate,
+    frechet_distance,
+    kmeans,
+    load_test_bundle,
+    mixture_negative_entropy,
+    mode_collapse,
+    separated_mixture_negative_entropy,
+)
+from fgm_core.metrics import mixture_metrics
+
+FGM = str(Path(sys.executable).parent / "fgm")
+SMALL_MLP = {"hidden": 32, "depth": 2}
+
+
+def cfg(out: Path, name: str, data: dict, steps: int = 100, **extra) -> dict:
+    c = {
+        "data": data,
+        "model": {"latent_dim": 2, "options": SMALL_MLP},
+        "divergence": {"name": "kl"},
+        "optim": {"batch_size": 128},
+        "run": {"steps": steps, "out_dir": str(out), "progress": False, "tensorboard": False, "threads": 1,
+                "eval_samples": 200, "name": name, "checkpoint_every": 100000},
+    }
+    for k, v in extra.items():
+        c[k] = {**c.get(k, {}), **v}
+    return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaluate")
+    old = os.environ.get("FGM_CACHE_DIR")
+    os.environ["FGM_CACHE_DIR"] = str(d / "cache")
+    yield d
+    if old is None:
+        os.environ.pop("FGM_CACHE_DIR", None)
+    else:
+        os.environ["FGM_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def ring_run(workdir):
+    return fgm.train(cfg(workdir / "runs", "ring", {"dataset": "ring8", "options": {"n_train": 4000, "n_test": 400}},
+                         steps=150), progress=False)
+
+
+# --------------------------------------------------------------------------- building blocks
+def test_mixture_metrics_on_hand_made_samples():
+    a = 2 * math.pi * torch.arange(8) / 8
+    means = torch.stack([a.cos(), a.sin()], 1)
+    stds = torch.full((8, 2), 0.01)
+    s = torch.cat([
+        means[0].repeat(3, 1),                          # 3 high-quality at mode 0
+        means[1].repeat(2, 1) + torch.tensor([0.02, 0.0]),  # Mahalanobis 2 < 3: high quality, mode 1
+        means[2][None] + torch.tensor([0.05, 0.0]),     # 5 > 3: not high quality
+        torch.zeros(1, 2),                              # far from everything
+    ])
+    m = mixture_metrics(s, means, stds)
+    assert m["modes_captured"] == 2 and m["modes_total"] == 8 and m["samples"] == 7
+    assert m["high_quality"] == pytest.approx(5 / 7)
+    p = torch.tensor([3 / 5, 2 / 5])
+    assert m["kl_to_uniform"] == pytest.approx(math.log(8) + float((p * p.log()).sum()))
+
+
+def test_negative_entropy_of_ring8_numeric_matches_analytic():
+    a = 2 * math.pi * torch.arange(8) / 8
+    means = torch.stack([a.cos(), a.sin()], 1)
+    stds = torch.full((8, 2), 0.01)
+    numeric = mixture_negative_entropy(means, stds, n=100_000)
+    analytic = separated_mixture_negative_entropy(stds)
+    assert analytic == pytest.approx(-(math.log(8) + math.log(2 * math.pi * math.e) + 2 * math.log(0.01)))
+    assert numeric == pytest.approx(analytic, abs=0.02)
+
+
+def test_mode_collapse_rule():
+    test_modes = torch.arange(4).repeat_interleave(100)
+    gap = torch.zeros(400, dtype=torch.float64)
+    gap[300:] = 10.0  # mode 3: the model misses the points the estimator knows
+    samples = torch.cat([torch.zeros(300), torch.ones(300), torch.full((300,), 2), torch.full((10,), 3),
+                         torch.full((90,), -1)]).long()
+    r = mode_collapse(gap, test_modes, samples, ["a", "b", "c", "d"])
+    assert r["collapsed"] == [3] and r["collapsed_names"] == ["d"]
+    assert r["modes"][3]["gap_share"] == 1.0 and r["modes"][3]["sample_ratio"] == pytest.approx(0.04)
+    assert r["unassigned_sample_share"] == pytest.approx(0.09)
+    # few samples but a small gap and not decisive (ratio 0.1): not collapsed
+    samples2 = torch.cat([samples[:900], torch.full((25,), 3), torch.full((75,), -1)]).long()
+    assert mode_collapse(torch.zeros(400, dtype=torch.float64), test_modes, samples2, list("abcd"))["collapsed"] == []
+    # with the gap it is
+    assert mode_collapse(gap, test_modes, samples2, list("abcd"))["collapsed"] == [3]
+
+
+def test_kmeans_and_frechet():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 2, generator=g) * 0.1 + c for c in (torch.tensor([0.0, 0.0]), torch.tensor([5.0, 5.0]))])
+    centers, labels = kmeans(x, 2, seed=0)
+    assert sorted(torch.bincount(labels).tolist()) == [200, 200]
+    a = torch.randn(2000, 3, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- evaluate
+def _finite(res: dict, keys: list[str]) -> None:
+    for k in keys:
+        assert k in res, k
+        assert math.isfinite(res[k]), (k, res[k])
+
+
+def test_evaluate_ring8(ring_run):
+    res = evaluate(ring_run, k=10, n_samples=500, n_test=300)
+    _finite(res, ["modes_captured", "high_quality", "test_log_likelihood", "test_log_density",
+                  "optimum_log_likelihood", "likelihood_gap_to_optimum", "reconstruction_mse"])
+    assert res["modes_total"] == 8 and res["n_test"] == 300
+    assert res["optimum_log_likelihood"] == pytest.approx(4.296, abs=0.02)
+    mc = res["mode_collapse"]
+    assert mc["kind"] == "mixture component" and len(mc["modes"]) == 8
+    json.dumps(res)  # JSON-serialisable
+
+
+def test_evaluate_grid25(workdir):
+    run = fgm.train(cfg(workdir / "runs", "grid", {"dataset": "grid25", "options": {"n_train": 2000, "n_test": 300}},
+                        steps=30), progress=False)
+    res = evaluate(run, k=5, n_samples=300, n_test=200)
+    _finite(res, ["high_quality", "test_log_likelihood", "test_log_density", "optimum_log_likelihood"])
+    assert res["modes_total"] == 25 and len(res["mode_collapse"]["modes"]) <= 25
+
+
+def test_evaluate_shapes_with_classifier(workdir):
+    run = fgm.train(cfg(workdir / "runs", "shapes", {"dataset": "shapes", "options": {"n_train": 800, "n_test": 160}},
+                        steps=20, model={"options": {"hidden": 32, "depth": 1}}), progress=False)
+    res = evaluate(run, k=4, n_samples=200, n_test=160)
+    _finite(res, ["test_log_likelihood", "test_bits_per_dim", "test_log_density", "reconstruction_mse", "sharpness",
+                  "data_sharpness", "classifier_accuracy", "class_kl", "class_kl_to_uniform", "frechet_distance"])
+    assert 0.0 <= res["classifier_accuracy"] <= 1.0 and res["classifier_cached"] is False
+    assert res["mode_collapse"]["kind"] == "class" and len(res["mode_collapse"]["modes"]) == 8
+    assert list((Path(os.environ["FGM_CACHE_DIR"]) / "classifiers").glob("*.safetensors"))
+    again = evaluate(run, k=4, n_samples=200, n_test=160)
+    assert again["classifier_cached"] is True and again["classifier_accuracy"] == res["classifier_accuracy"]
+    assert again["frechet_distance"] == pytest.approx(res["frechet_distance"])
+
+
+def test_evaluate_clusters_without_labels(ring_run):
+    bundle = load_test_bundle(ring_run)
+    bundle.test_labels = None
+    info = ring_run.info
+    ring_run.info = type(info)(info.dataset, info.shape, info.kind, info.scaling, None, None)
+    try:
+        res = evaluate(ring_run, bundle, k=5, n_samples=300, n_test=200, n_clusters=8)
+    finally:
+        ring_run.info = info
+    assert res["mode_collapse"]["kind"] == "cluster" and len(res["mode_collapse"]["modes"]) == 8
+    assert "modes_captured" not in res
+
+
+def test_mode_collapse_detector_names_the_removed_modes(workdir):
+    run = fgm.train(cfg(workdir / "runs", "five", {"dataset": "ring8", "options": {"modes": [0, 1, 2, 3, 4],
+                                                                                     "n_train": 20000, "n_test": 500}},
+                        steps=1000, model={"options": {"hidden": 64, "depth": 2}}, optim={"batch_size": 256}),
+                    progress=False)
+    full = load_test_bundle(run, drop_options=("modes",))
+    assert sorted(set(full.test_labels.tolist())) == list(range(8))
+    res = evaluate(run, full, k=20, n_samples=2500, n_test=2000)
+    mc = res["mode_collapse"]
+    assert mc["collapsed"] == [5, 6, 7], json.dumps(mc["modes"], indent=1)
+    # against its own (five-mode) test data nothing is collapsed
+    own = evaluate(run, k=20, n_samples=2500, n_test=1000)
+    assert own["mode_collapse"]["collapsed"] == []
+
+
+# --------------------------------------------------------------------------- the commands
+def _fgm(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FGM_NO_PROGRESS": "1"}
+    return subprocess.run([FGM, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_cli_evaluate_json_run_and_export(ring_run, workdir):
+    p = _fgm("evaluate", str(ring_run.path), "--json", "-k", "5", "--samples", "300", "--test", "200")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["modes_total"] == 8 and math.isfinite(res["test_log_likelihood"])
+    pytest.importorskip("onnxruntime")
+    out = workdir / "export"
+    fgm.export(ring_run, out)
+    p = _fgm("evaluate", str(out), "--json", "-k", "5", "--samples", "300", "--test", "200")
+    assert p.returncode == 0, p.stderr
+    ex = json.loads(p.stdout)
+    assert ex["modes_total"] == 8
+    assert ex["test_log_likelihood"] == pytest.approx(res["test_log_likelihood"], abs=0.5)
+    p = _fgm("evaluate", str(workdir / "nope"))
+    assert p.returncode == 1 and p.stderr.startswith("fgm: error:") and "Traceback" not in p.stderr
+
+
+def test_cli_plot_writes_pngs(ring_run, workdir):
+    p = _fgm("plot", str(ring_run.path), "-o", str(workdir / "plots"))
+    assert p.returncode == 0, p.stderr
+    for name in ("samples.png", "density.png", "curves.png"):
+        assert (workdir / "plots" / name).stat().st_size > 1000
+
+
+def test_cli_compare_tiny(workdir):
+    out = workdir / "report"
+    p = _fgm("compare", "--divergences", "kl,js", "--seeds", "2", "--steps", "30", "--threads", "1",
+             "--set", "data.options.n_train=2000", "--set", "data.options.n_test=300",
+             "--set", "model.options.hidden=32", "--set", "model.options.depth=1",
+             "--samples", "300", "-k", "5", "-o", str(out), timeout=240)
+    assert p.returncode == 0, p.stderr
+    md = (out / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| kl ") or line.startswith("| js ")]
+    assert len(rows) == 2 and all("±" in r for r in rows)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html and 'src="samples.png"' not in html
+    for name in ("samples.png", "density.png", "curves.png"):
+        assert (out / name).exists()
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
+def test_evaluate_fashion_mnist(workdir):
+    run = fgm.train(cfg(workdir / "runs", "fashion", {"dataset": "idx", "options": {"limit": 1000, "test_limit": 300}},
+                        steps=10, model={"options": {"hidden": 32, "depth": 1}}), progress=False)
+    res = evaluate(run, k=2, n_samples=200, n_test=300)
+    _finite(res, ["test_bits_per_dim", "sharpness", "classifier_accuracy", "class_kl", "frechet_distance"])
+    assert len(res["mode_collapse"]["modes"]) == 10
