@@ -135,7 +135,7 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
             _warn_once(msg)
         run = train(cfg, plugins=plugins, progress=not quiet)
     else:
-        run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=obj.plugins())
+        run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=_local_plugins(obj, presets))
     summary = (run.path / "summary.json")
     click.echo(f"run: {run.path}")
     if summary.exists():
@@ -457,6 +457,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("fgm: interrupted", err=True)
         raise SystemExit(130) from None
+    except OSError as e:  # a file where a folder should be, permission denied, disk full: the user can fix these
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not Path(str(e.filename)).is_dir():
+            what = f"{e.filename} (or a folder above it) is not a directory"
+        else:
+            what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        click.echo(f"fgm: error: {what} (check the path, its permissions and the free disk space)", err=True)
+        raise SystemExit(1) from None
     except Exception as e:  # noqa: BLE001
         if hasattr(e, "message") and hasattr(e, "hint"):  # a plugin's user-facing error (duck-typed)
             if debug:

@@ -32,6 +32,7 @@ COLUMNS = [
     ("test_bits_per_dim", "bits/dim", "{:.3f}", 1.0),
     ("reconstruction_mse", "recon MSE", "{:.4g}", 1.0),
     ("sharpness", "sharpness", "{:.4f}", 1.0),
+    ("sharpness_means", "sharpness (G means)", "{:.4f}", 1.0),
     ("classifier_accuracy", "clf acc %", "{:.1f}", 100.0),
     ("class_kl", "class KL", "{:.3f}", 1.0),
     ("frechet_distance", "Fréchet", "{:.3f}", 1.0),

@@ -51,11 +51,11 @@ class ModelConfig(_Section):
 
     architecture: str = "mlp"
     options: dict[str, Any] = Field(default_factory=dict)
-    latent_dim: int = Field(8, ge=1, le=4096)
+    latent_dim: int = Field(2, ge=1, le=4096)
     #: gaussian: N(mu(z), sigma^2) with sigma learned (``learn_sigma``) or fixed;
     #: deterministic: x = G(z) (free critics only).
     generator: Literal["gaussian", "deterministic"] = "gaussian"
-    sigma: float = Field(0.1, gt=0.0, description="initial (or fixed) generator noise scale, model units")
+    sigma: float = Field(0.02, gt=0.0, description="initial (or fixed) generator noise scale, model units")
     learn_sigma: bool = True
     sigma_per_dim: bool = True
     min_sigma: float = Field(1e-3, gt=0.0)
@@ -64,7 +64,7 @@ class ModelConfig(_Section):
 class DivergenceConfig(_Section):
     """The f-divergence: a registered name and its parameters."""
 
-    name: str = "kl"
+    name: str = "js"
     params: dict[str, Any] = Field(default_factory=dict)
     #: bound on the argument of every exponential (float32 overflows near 88).
     max_exp: float = Field(40.0, gt=0.0, le=80.0)
@@ -75,7 +75,7 @@ class CriticConfig(_Section):
 
     form: Literal["density", "joint", "marginal"] = "density"
     n_critic: int = Field(1, ge=1, le=100)
-    generator_loss: Literal["saddle", "non_saturating"] = "saddle"
+    generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
 
@@ -93,7 +93,7 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(None, gt=0.0)
     #: learning-rate multiplier for the generator's noise scale (a log-space parameter).
     sigma_lr_scale: float = Field(10.0, gt=0.0)
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(256, ge=1)
 
     @field_validator("betas")
     @classmethod
@@ -106,7 +106,7 @@ class OptimConfig(_Section):
 class RunConfig(_Section):
     """Length, seed, device, output and logging of a run."""
 
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(8000, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -242,7 +242,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return _toml_str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -250,8 +250,24 @@ def _fmt(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _toml_str(s: str) -> str:
+    """A TOML basic string, ASCII only (json.dumps would write characters beyond U+FFFF as
+    surrogate pairs, which TOML rejects)."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\u{o:04X}" if o <= 0xFFFF else f"\\U{o:08X}")
+    return '"' + "".join(out) + '"'
+
+
 def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+    bare = k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k)  # TOML bare keys are ASCII
+    return k if bare else _toml_str(k)
 
 
 def _to_toml(d: dict[str, Any], prefix: str = "") -> str:

@@ -128,7 +128,7 @@ def _finite(res: dict, keys: list[str]) -> None:
 
 def test_evaluate_ring8(ring_run):
     res = evaluate(ring_run, k=10, n_samples=500, n_test=300)
-    _finite(res, ["modes_captured", "high_quality", "test_log_likelihood", "test_log_density",
+    _finite(res, ["modes_captured", "high_quality", "high_quality_means", "test_log_likelihood", "test_log_density",
                   "optimum_log_likelihood", "likelihood_gap_to_optimum", "reconstruction_mse"])
     assert res["modes_total"] == 8 and res["n_test"] == 300
     assert res["optimum_log_likelihood"] == pytest.approx(4.296, abs=0.02)
@@ -150,7 +150,7 @@ def test_evaluate_shapes_with_classifier(workdir):
                         steps=20, model={"options": {"hidden": 32, "depth": 1}}), progress=False)
     res = evaluate(run, k=4, n_samples=200, n_test=160)
     _finite(res, ["test_log_likelihood", "test_bits_per_dim", "test_log_density", "reconstruction_mse", "sharpness",
-                  "data_sharpness", "classifier_accuracy", "class_kl", "class_kl_to_uniform", "frechet_distance"])
+                  "data_sharpness", "sharpness_means", "classifier_accuracy", "class_kl", "class_kl_to_uniform", "frechet_distance"])
     assert 0.0 <= res["classifier_accuracy"] <= 1.0 and res["classifier_cached"] is False
     assert res["mode_collapse"]["kind"] == "class" and len(res["mode_collapse"]["modes"]) == 8
     assert list((Path(os.environ["FGM_CACHE_DIR"]) / "classifiers").glob("*.safetensors"))
@@ -173,9 +173,12 @@ def test_evaluate_clusters_without_labels(ring_run):
 
 
 def test_mode_collapse_detector_names_the_removed_modes(workdir):
+    # the VAE case (kl, density critic, saddle objective) pinned, independent of the defaults
     run = fgm.train(cfg(workdir / "runs", "five", {"dataset": "ring8", "options": {"modes": [0, 1, 2, 3, 4],
                                                                                      "n_train": 20000, "n_test": 500}},
-                        steps=1000, model={"options": {"hidden": 64, "depth": 2}}, optim={"batch_size": 256}),
+                        steps=1000, model={"options": {"hidden": 64, "depth": 2}, "sigma": 0.1, "learn_sigma": True},
+                        optim={"batch_size": 256, "lr": 1e-3}, divergence={"name": "kl"},
+                        critic={"form": "density", "generator_loss": "saddle"}),
                     progress=False)
     full = load_test_bundle(run, drop_options=("modes",))
     assert sorted(set(full.test_labels.tolist())) == list(range(8))

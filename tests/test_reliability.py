@@ -533,9 +533,8 @@ def test_network_plugin_raising_mid_training_is_named_and_keeps_the_checkpoint(b
 
     clear_cache()
     sys.modules.pop("fgm_local_boomplug", None)
-    (tmp_path / "plugins.toml").write_text(f'[plugins.local]\nboomplug = "{boom.name}"\n')
     try:
-        code, err = cli(capsys, "train", "--resume", str(run), "-q")
+        code, err = cli(capsys, "train", "--resume", str(run), "-q", "--plugin", str(boom))
     finally:
         torch.set_num_threads(threads)
     assert code == 0, err

@@ -133,4 +133,9 @@ def register_architectures(register):
 
 @hookimpl
 def plugin_preset():
-    return {"model": {"architecture": "dcgan"}, "data": {"dataset": "shapes"}}
+    return {
+        "model": {"architecture": "dcgan", "latent_dim": 32, "sigma": 0.1},
+        "data": {"dataset": "shapes"},
+        "optim": {"batch_size": 64, "lr": 2e-4},
+        "run": {"steps": 3000, "checkpoint_every": 500},
+    }

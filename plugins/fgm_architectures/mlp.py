@@ -37,7 +37,7 @@ from .common import (
 )
 
 SCHEMA: tuple[Option, ...] = (
-    Option("hidden", 256, int, "width of the hidden layers of encoder and decoder", minimum=1),
+    Option("hidden", 128, int, "width of the hidden layers of encoder and decoder", minimum=1),
     Option("depth", 3, int, "number of hidden layers of encoder and decoder", minimum=1),
     Option("activation", "leaky_relu", str, "hidden activation (leaky_relu has slope 0.2)", choices=ACTIVATIONS),
     Option("norm", "none", str, "normalisation in encoder and decoder", choices=("none", "layer", "batch")),
