@@ -173,15 +173,16 @@ class FGMModel(nn.Module):
 
         ``non_saturating`` replaces -E_P[f*(T)] by -E_P[T]. A divergence whose model-side
         term does not depend on (theta, phi) in expectation (``model_term_constant``, e.g.
-        kl: E_P[e^s] = integral of exp(l)) drops that term: with kl this is the VAE update.
+        kl: E_P[e^s] = integral of exp(l)) drops that term, with either option: with kl
+        this is exactly the VAE update.
         """
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=False)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
-        if self.generator_loss_kind == "non_saturating":
+        if self.critic_form == "density" and self.divergence.model_term_constant:
+            loss = t_q.mean()  # the model-side term is constant: nothing to saturate (kl: the VAE)
+        elif self.generator_loss_kind == "non_saturating":
             loss = t_q.mean() - t_p.mean()
-        elif self.critic_form == "density" and self.divergence.model_term_constant:
-            loss = t_q.mean()
         else:
             loss = objective
         if self.critic_form == "marginal":

@@ -70,7 +70,7 @@ def config(name: str, out_dir: Path) -> dict:
     arch, data, form, div, gen, extra, _ = CASES[name]
     return {
         "data": data,
-        "model": {"architecture": arch, "latent_dim": 3, "generator": gen, "options": SMALL[arch]},
+        "model": {"architecture": arch, "latent_dim": 3, "generator": gen, "options": SMALL[arch], "sigma": 0.1},
         "divergence": {"name": div},
         "critic": {"form": form, **extra},
         "optim": {"batch_size": 32},
