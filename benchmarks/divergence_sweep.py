@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--divergences", default=",".join(DIVERGENCES))
     ap.add_argument("--out", default="runs/sweep")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per run")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -39,7 +40,7 @@ def main() -> None:
         critic = "joint" if name == "total_variation" else "density"
         cfg = {"data": {"dataset": args.dataset}, "divergence": {"name": name}, "critic": {"form": critic},
                "run": {"steps": args.steps, "seed": args.seed, "out_dir": args.out, "progress": False,
-                       "tensorboard": False, "checkpoint_every": args.steps}}
+                       "tensorboard": False, "checkpoint_every": args.steps, "threads": args.threads}}
         t0 = time.perf_counter()
         row = {"divergence": name, "critic": critic}
         try:

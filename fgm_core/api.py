@@ -7,7 +7,7 @@ from typing import Any
 
 from fgm_core.config import FGMConfig, build_config, validate
 from fgm_core.errors import FGMError, PluginError
-from fgm_core.plugins import PluginSet, get_plugins, is_module_path
+from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
 
 
@@ -15,16 +15,7 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
                    overrides: list[str] | None = None, presets: list[str] | None = None,
                    plugins: PluginSet | None = None) -> tuple[FGMConfig, PluginSet]:
     """Merge defaults, plugin presets, a config (object, dict or TOML path) and overrides."""
-    local: dict[str, Path] = {}
-    names: list[str] = []
-    for p in presets or []:
-        if is_module_path(p):
-            path = Path(p)
-            name = path.stem if path.suffix == ".py" else path.name
-            local[name] = path.resolve()
-            names.append(name)
-        else:
-            names.append(p)
+    names, local = split_presets(presets)
     config_path = Path(config) if isinstance(config, (str, Path)) else None
     plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
     preset_dicts = [plugins.preset(n) for n in names]

@@ -123,7 +123,7 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             bar.close()
     summary = {"divergences": divergences, "critics": critics, "seeds": seeds, "config": base_cfg.to_dict(),
                "total_seconds": time.perf_counter() - t_all, "runs": results}
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(summary, default=str))
     (out / "results.partial.json").unlink(missing_ok=True)
     write_report(summary, out)
     return summary
@@ -212,8 +212,11 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
     for r in ok:
         mc = r.get("mode_collapse") or {}
         if mc.get("collapsed_names"):
+            names = mc["collapsed_names"]
+            total = len(mc.get("modes", [])) or "?"
+            what = ", ".join(names) if len(names) <= 8 else f"{len(names)} of {total}"
             collapsed.setdefault(_label(r["divergence"], r["critic"], summary["critics"]), []).append(
-                f"seed {r['seed']}: {', '.join(mc['collapsed_names'])}")
+                f"seed {r['seed']}: {what}")
     if collapsed:
         md += ["## Collapsed modes (detector)", ""] + [f"- {k_}: " + "; ".join(v) for k_, v in collapsed.items()] + [""]
     if errors:
@@ -287,12 +290,12 @@ def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progres
         keep = {key: r[key] for key in ("divergence", "critic", "seed", "run", "train_seconds", "wall_seconds", "steps")
                 if key in r}
         runs[i] = {**keep, **evaluate(run, bundles[r["seed"]], k=k, n_samples=n_samples, seed=0)}
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(summary, default=str))
     write_report(summary, out)
     return summary
 
 
-def merge(out_dir: str | Path, parts: list[str | Path]) -> dict[str, Any]:
+def merge(out_dir: str | Path, parts: list[str | Path], write: bool = True) -> dict[str, Any]:
     """One report from several compare directories (e.g. different critics on the same data)."""
     summaries = [json.loads((Path(p) / "results.json").read_text()) for p in parts]
     s0 = summaries[0]
@@ -303,6 +306,7 @@ def merge(out_dir: str | Path, parts: list[str | Path]) -> dict[str, Any]:
                "runs": [r for s in summaries for r in s["runs"]]}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    write_report(summary, out)
+    (out / "results.json").write_text(json.dumps(summary, default=str))
+    if write:
+        write_report(summary, out)
     return summary

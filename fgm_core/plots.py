@@ -169,13 +169,13 @@ def _grid_box(info: Any, bundle_x: np.ndarray | None = None) -> tuple[float, flo
     return lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad
 
 
-def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 90, k: int = 16,
+def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: int = 16,
                    data: np.ndarray | None = None, span: float = 12.0) -> Path:
     """2-D only: log density of the density estimator (left) and of the model (right, importance
     sampled) on a grid, one row per (title, model); colour range [max - span, max] nats."""
     plt = _plt()
     n = len(models)
-    fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.1 * n), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.1 * n), dpi=64 if n > 4 else 80, squeeze=False)
     info = models[0][1].info
     x0, x1, y0, y1 = _grid_box(info, data)
     gx, gy = np.meshgrid(np.linspace(x0, x1, res), np.linspace(y0, y1, res))

@@ -409,6 +409,20 @@ def is_module_path(value: str) -> bool:
     return value.endswith(".py") or os.sep in value or "/" in value or Path(value).is_dir()
 
 
+def split_presets(presets: list[str] | None) -> tuple[list[str], dict[str, Path]]:
+    """``--plugin`` values -> plugin names, and the local module paths among them by name."""
+    names: list[str] = []
+    local: dict[str, Path] = {}
+    for p in presets or []:
+        if is_module_path(p):
+            path = Path(p)
+            name = path.stem if path.suffix == ".py" else path.name
+            local[name] = path.resolve()
+            p = name
+        names.append(p)
+    return names, local
+
+
 _CACHE: dict[tuple, PluginSet] = {}
 
 
