@@ -124,18 +124,33 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
     from fgm_core.api import resolve_config, train
 
     overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
-    if nproc is not None and nproc > 1:
-        from fgm_core.distributed import launch
+    from fgm_core import distributed
 
-        raise SystemExit(launch(nproc, sys.argv))
+    if nproc is not None and nproc < 1:
+        raise FGMError(f"--nproc must be at least 1, got {nproc}", "use --nproc 2 or more for several processes")
+    if nproc is not None and nproc > 1 and distributed.is_distributed():
+        raise FGMError("--nproc given to a process that torchrun started", "leave out --nproc under torchrun")
+    if nproc is not None and nproc > 1:
+        if resume is None or (resume / "config.json").exists():  # a bad batch size: one line, before starting
+            from fgm_core.storage import read_json
+
+            base = read_json(resume / "config.json") if resume is not None else config
+            cfg, _ = resolve_config(base, overrides, None if resume else list(presets), _local_plugins(obj, presets))
+            distributed.check_batch(cfg.optim.batch_size, nproc)
+        raise SystemExit(distributed.launch(nproc, ["fgm", *(_argv if _argv is not None else sys.argv[1:])]))
     plugins = None
-    if resume is None:
-        cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
-        for msg in plugins.failures:
-            _warn_once(msg)
-        run = train(cfg, plugins=plugins, progress=not quiet)
-    else:
-        run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=_local_plugins(obj, presets))
+    try:
+        if resume is None:
+            cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+            for msg in plugins.failures:
+                _warn_once(msg)
+            run = train(cfg, plugins=plugins, progress=not quiet)
+        else:
+            run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=_local_plugins(obj, presets))
+    finally:
+        distributed.cleanup()
+    if distributed.rank() != 0:
+        return  # process 0 reports
     summary = (run.path / "summary.json")
     click.echo(f"run: {run.path}")
     if summary.exists():
@@ -435,8 +450,13 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
 
 
 # --------------------------------------------------------------------------- entry point
+_argv: list[str] | None = None  # the command line main() runs (what `train --nproc` re-runs)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn errors into one line and an exit status."""
+    global _argv
+    _argv = list(argv) if argv is not None else None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         _with_plugin_commands()
@@ -494,3 +514,7 @@ def _with_plugin_commands() -> None:
         get_plugins().add_commands(cli)
     except FGMError:
         pass  # reported again by the command that needs plugins
+
+
+if __name__ == "__main__":  # python -m fgm_core.cli (what torchrun runs)
+    main()

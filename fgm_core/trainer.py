@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fgm_core import __version__
+from fgm_core import distributed as dist
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, dump_toml
@@ -76,9 +77,20 @@ class Trainer:
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
+        # several processes (torchrun): each takes batch_size // world rows of every global batch
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if self.world > 1:
+            dist.check_batch(cfg.optim.batch_size, self.world)
+            self.device = dist.setup(self.device)
+            if self.rank != 0:
+                dist.barrier()  # rank 0 loads (and downloads) the data first
         self.bundle = bundle or load_data(cfg, plugins)
+        if self.world > 1 and self.rank == 0:
+            dist.barrier()
         self.info = DataInfo.from_bundle(self.bundle)
         self.model: FGMModel = make_model(cfg, plugins, self.info).to(self.device)
+        if self.world > 1:
+            dist.broadcast_module(self.model)  # identical start (the init is seeded, this makes it certain)
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
         self.resume = resume
         m = self.model
@@ -94,6 +106,9 @@ class Trainer:
         # all training noise comes from one generator, so its state makes resume exact
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
         self.train_x = self.info.scaling.to_model(self.bundle.train).to(self.device)
+        if self.train_rows() % self.world:
+            raise FGMError(f"the batch of {self.train_rows()} rows (the whole training set) is not divisible by "
+                           f"the {self.world} training processes", "use a larger training set or fewer processes")
         self.step = 0
         self.epoch = 0
         self.pos = 0
@@ -121,18 +136,26 @@ class Trainer:
                 "critic_data": c.critic_data, "critic_model": c.critic_model}
 
     def _update(self, opt: torch.optim.Optimizer, loss: Tensor, params, who: str) -> None:
-        if not torch.isfinite(loss):
+        params = list(params)
+        if self.world == 1 and not torch.isfinite(loss):
             raise NonFiniteLoss(who, self.step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1 and not dist.average_gradients(params, loss):  # what DDP does, plus a shared NaN check
+            raise NonFiniteLoss(who, self.step)
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(list(params), self.cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         opt.step()
 
     # ------------------------------------------------------------------ data and noise
+    def train_rows(self) -> int:
+        """Rows of one global batch (all processes together)."""
+        return min(self.cfg.optim.batch_size, self.train_x.shape[0])
+
     def next_batch(self) -> Tensor:
-        """The next minibatch of an epoch-wise permutation seeded by (seed, epoch)."""
-        n, b = self.train_x.shape[0], min(self.cfg.optim.batch_size, self.train_x.shape[0])
+        """The next minibatch of an epoch-wise permutation seeded by (seed, epoch); with
+        several processes, every process draws the same global batch and takes its slice."""
+        n, b = self.train_x.shape[0], self.train_rows()
         if self._perm is None or self.pos + b > n:
             if self._perm is not None:
                 self.epoch, self.pos = self.epoch + 1, 0
@@ -140,16 +163,22 @@ class Trainer:
             self._perm = torch.randperm(n, generator=g).to(self.device)
         idx = self._perm[self.pos:self.pos + b]
         self.pos += b
+        if self.world > 1:
+            idx = idx.view(self.world, -1)[self.rank]
         return self.train_x[idx]
 
     def noise(self) -> dict[str, Tensor]:
-        b, d = min(self.cfg.optim.batch_size, self.train_x.shape[0]), self.cfg.model.latent_dim
+        """The noise of one global batch; with several processes, every process draws it all
+        (same generator, same state) and keeps its rows, as for the data."""
+        b, d = self.train_rows(), self.cfg.model.latent_dim
         kw = {"generator": self.gen, "device": self.device}
         out = {"z": torch.randn(b, d, **kw), "z_eps": torch.randn(b, d, **kw)}
         if self.cfg.model.generator == "gaussian":
             out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
         if self.cfg.critic.gradient_penalty > 0:
             out["gp"] = torch.rand(b, **kw)
+        if self.world > 1:
+            out = {k: v.view(self.world, -1, *v.shape[1:])[self.rank] for k, v in out.items()}
         return out
 
     def _autocast(self):
@@ -165,16 +194,16 @@ class Trainer:
         if self.resume:
             self.load_checkpoint()
         else:
-            self._claim_run_dir()
-            self._write_run_files()
-        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard)
-        bar = Progress(cfg.run.steps, self.step, enabled=cfg.run.progress if progress is None else progress)
+            self._start_run_dir()
+        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0)
+        bar = Progress(cfg.run.steps, self.step,
+                       enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
         totals: dict[str, Tensor] = {}
         count = 0
         t0 = time.perf_counter()
         old = _install_sigint(self)
         try:
-            while self.step < cfg.run.steps and not self._stop:
+            while self.step < cfg.run.steps and not self._stopping():
                 try:
                     stats = self.train_step()
                 except (FGMError, NonFiniteLoss):
@@ -203,10 +232,13 @@ class Trainer:
                     totals[k] = totals.get(k, 0) + v
                 count += 1
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
+                    clamped = self.model.divergence.pop_clamped()
+                    if self.world > 1:  # averaged over the processes too (clamped entries: summed)
+                        totals, clamped = self._reduce_stats(totals, clamped)
                     row = {k: float(v) / count for k, v in totals.items()}
                     row.update(step=self.step, time=round(time.perf_counter() - t0, 3),
                                f_prime_at_1=self.model.divergence.f_prime_at_1,
-                               clamped=self.model.divergence.pop_clamped(),
+                               clamped=clamped,
                                sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
                                lr=self.sched[0].get_last_lr()[0])
                     logger.log(row)
@@ -218,14 +250,14 @@ class Trainer:
             bar.close()
             logger.close()
             kept = f"the last good checkpoint is step {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            if self.last_checkpoint is None and created and not self.resume:
+            if self.last_checkpoint is None and created and not self.resume and self.rank == 0:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {kept}",
                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
         except BaseException:
             bar.close()
             logger.close()
-            if self.last_checkpoint is None and created and not self.resume:
+            if self.last_checkpoint is None and created and not self.resume and self.rank == 0:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         finally:
@@ -235,8 +267,22 @@ class Trainer:
         if self.step != self.last_checkpoint:
             self.save_checkpoint()
         if not self._stop:
-            self.finish()
+            if self.rank == 0:
+                self.finish()
+            dist.barrier()
         return self.run_dir
+
+    def _stopping(self) -> bool:
+        """A stop request (Ctrl-C); with several processes, all stop after the same step."""
+        if self.world > 1:
+            self._stop = dist.any_true(self._stop, self.device)
+        return self._stop
+
+    def _reduce_stats(self, totals: dict[str, Tensor], clamped: int) -> tuple[dict[str, Tensor], int]:
+        keys = list(totals)
+        stats, n = dist.all_reduce_mean([torch.stack([totals[k] for k in keys]).float(),
+                                         torch.tensor([float(clamped)], device=self.device)])
+        return dict(zip(keys, stats)), round(float(n) * self.world)
 
     def finish(self) -> None:
         """Final weights at the top of the run directory, plus a summary and a sample plot."""
@@ -249,6 +295,22 @@ class Trainer:
         write_json(self.run_dir / "summary.json", summary)
 
     # ------------------------------------------------------------------ run directory
+    def _start_run_dir(self) -> None:
+        """Process 0 creates the run directory and its files; the others get its path."""
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                self._claim_run_dir()
+                self._write_run_files()
+            except Exception as e:  # noqa: BLE001 - raised below, once the others know
+                error = e
+        if self.world > 1:
+            self.run_dir, failed = dist.broadcast_object((self.run_dir, error is not None))
+            if failed and self.rank != 0:
+                raise SystemExit(1)  # process 0 reports it
+        if error is not None:
+            raise error
+
     def _new_run_dir(self) -> Path:
         c = self.cfg
         name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{c.divergence.name}-{c.critic.form}"
@@ -279,7 +341,15 @@ class Trainer:
         write_json(self.run_dir / "data.json", self.info.to_dict())
 
     def save_checkpoint(self) -> None:
-        """Write step files, then atomically point ``checkpoint.json`` at them."""
+        """Write step files, then atomically point ``checkpoint.json`` at them. With several
+        processes, process 0 writes (all processes hold the same state) between barriers."""
+        dist.barrier()
+        if self.rank == 0:
+            self._write_checkpoint()
+        dist.barrier()
+        self.last_checkpoint = self.step
+
+    def _write_checkpoint(self) -> None:
         ck = self.run_dir / "checkpoints"
         tag = f"step-{self.step:08d}"
         save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())
@@ -294,7 +364,6 @@ class Trainer:
                                                "pos": self.pos})
         prev = self.last_checkpoint
         write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION})
-        self.last_checkpoint = self.step
         if prev is not None and prev != self.step:  # keep only the newest complete checkpoint
             for f in ck.glob(f"step-{prev:08d}.*"):
                 f.unlink(missing_ok=True)
@@ -339,7 +408,8 @@ def _install_sigint(trainer: Trainer):
         if trainer._stop:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         trainer._stop = True
-        print("\nfgm: interrupted; saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        if trainer.rank == 0:
+            print("\nfgm: interrupted; saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     return signal.signal(signal.SIGINT, handler)
 
@@ -353,11 +423,11 @@ def _is_main_thread() -> bool:
 class MetricsLogger:
     """metrics.jsonl, plus TensorBoard when it is installed and enabled."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
-        self.f = open(self.path, "a")
+        self.f = open(self.path, "a") if enabled else None
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -368,6 +438,8 @@ class MetricsLogger:
     def log(self, row: dict[str, Any]) -> None:
         import json
 
+        if self.f is None:
+            return
         self.f.write(json.dumps(row) + "\n")
         self.f.flush()
         if self.tb is not None:
@@ -376,7 +448,8 @@ class MetricsLogger:
                     self.tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
         if self.tb is not None:
             self.tb.close()
 
