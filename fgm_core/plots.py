@@ -35,7 +35,7 @@ def save_samples(run: Any, samples: torch.Tensor, path: Path, title: str | None 
     plt = _plt()
     info = run.info
     cfg = run.config
-    title = title or f"{cfg.divergence.name} / {cfg.critic.form} critic / {info.dataset}"
+    title = title or f"{cfg.divergence.name} / {cfg.critic.form} critic / {info.dataset}" + (" (generator means)" if len(info.shape) > 1 else "")
     x = samples.numpy()
     if len(info.shape) == 1 and info.shape[0] == 2:
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)

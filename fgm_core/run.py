@@ -165,6 +165,8 @@ class Run:
         try:
             from fgm_core.plots import save_samples
 
+            if len(self.info.shape) > 1:  # pixel noise hides image samples: show generator means
+                samples = self.sample(64, seed=self.config.run.seed + 1, noise=False)
             out["samples_plot"] = str(save_samples(self, samples, self.path / "samples.png"))
         except Exception as e:  # noqa: BLE001 - a plot failure must not lose a finished run
             out["samples_plot_error"] = str(e)

@@ -135,6 +135,7 @@ def register_architectures(register):
 def plugin_preset():
     return {
         "model": {"architecture": "dcgan", "latent_dim": 32, "sigma": 0.1},
+        "divergence": {"name": "kl"},  # VAE-like updates: recognisable images fastest on a CPU
         "data": {"dataset": "shapes"},
         "optim": {"batch_size": 64, "lr": 2e-4},
         "run": {"steps": 3000, "checkpoint_every": 500},
