@@ -167,13 +167,10 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
 
 
 def _local_plugins(obj: Ctx, presets) -> Any:
-    from fgm_core.plugins import is_module_path
+    """The plugin set, with the local modules named by ``--plugin PATH`` loaded too."""
+    from fgm_core.plugins import split_presets
 
-    local = {}
-    for p in presets:
-        if is_module_path(p):
-            path = Path(p)
-            local[path.stem if path.suffix == ".py" else path.name] = path.resolve()
+    local = split_presets(list(presets))[1]
     return obj.plugins(extra_local=local or None)
 
 

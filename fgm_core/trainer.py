@@ -100,6 +100,7 @@ class Trainer:
         if isinstance(m.rho, torch.nn.Parameter):  # the noise scale moves in log space, faster
             groups.append({"params": [m.rho], "lr": o.lr * o.sigma_lr_scale, "weight_decay": 0.0})
         self.opt_g = make_optimizer(o.optimizer, groups, o.lr, o.betas, o.weight_decay)
+        self.gen_params = [p for grp in groups for p in grp["params"]]
         self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay)
         factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
         self.sched = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (self.opt_g, self.opt_c)]
@@ -128,7 +129,7 @@ class Trainer:
         with self._autocast():
             g = model.generator_loss(self.next_batch(), self.noise())
         model.critic.requires_grad_(True)
-        self._update(self.opt_g, g.loss, [p for grp in self.opt_g.param_groups for p in grp["params"]], "generator")
+        self._update(self.opt_g, g.loss, self.gen_params, "generator")
         for s in self.sched:
             s.step()
         self.step += 1
