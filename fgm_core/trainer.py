@@ -103,7 +103,9 @@ class Trainer:
         self.gen_params = [p for grp in groups for p in grp["params"]]
         self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay)
         factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
-        self.sched = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (self.opt_g, self.opt_c)]
+        constant = o.schedule == "constant" and not o.warmup_steps  # nothing to schedule: skip the work
+        self.sched = [] if constant else [torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                                          for opt in (self.opt_g, self.opt_c)]
         # all training noise comes from one generator, so its state makes resume exact
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
         self.train_x = self.info.scaling.to_model(self.bundle.train).to(self.device)
@@ -241,7 +243,7 @@ class Trainer:
                                f_prime_at_1=self.model.divergence.f_prime_at_1,
                                clamped=clamped,
                                sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
-                               lr=self.sched[0].get_last_lr()[0])
+                               lr=self.opt_g.param_groups[0]["lr"])
                     logger.log(row)
                     bar.update(self.step, row)
                     totals, count = {}, 0
@@ -381,7 +383,7 @@ class Trainer:
         self.opt_c.load_state_dict(state["opt_c"])
         for s, sd in zip(self.sched, state["sched"]):
             s.load_state_dict(sd)
-        self.gen.set_state(state["gen"].cpu() if self.device.type == "cpu" else state["gen"].cpu())
+        self.gen.set_state(state["gen"].cpu())
         self._perm = state["perm"].to(self.device) if state["perm"] is not None else None
         self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
         self.last_checkpoint = self.step
