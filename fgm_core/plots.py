@@ -58,12 +58,7 @@ def save_samples(run: Any, samples: torch.Tensor, path: Path, title: str | None 
         ax.hist(x.reshape(x.shape[0], -1)[:, 0], bins=60)
         ax.set_title(title + " (first coordinate)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def save_array_plot(x: np.ndarray, model: Any, path: Path) -> Path:
@@ -89,13 +84,7 @@ def save_array_plot(x: np.ndarray, model: Any, path: Path) -> Path:
         fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
         ax.hist(x.reshape(x.shape[0], -1)[:, 0], bins=60)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- evaluation figures
