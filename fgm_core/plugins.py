@@ -19,7 +19,6 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType

@@ -265,17 +265,22 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-# --------------------------------------------------------------------------- base class
-class ImageArchitecture(Architecture):
+# --------------------------------------------------------------------------- base classes
+class SchemaArchitecture(Architecture):
+    """An architecture whose ``model.options`` are declared by a schema of :class:`Option`."""
+
+    schema: tuple[Option, ...] = ()
+
+    def options(self, spec: NetworkSpec) -> dict[str, Any]:
+        return resolve_options(self.name, spec.options, self.schema)
+
+
+class ImageArchitecture(SchemaArchitecture):
     """Base for the convolutional architectures: square images, 1 or 3 channels."""
 
     data_kinds = ("image",)
     sizes: tuple[int, ...] = (28, 32, 64)
     channels: tuple[int, ...] = (1, 3)
-    schema: tuple[Option, ...] = ()
-
-    def options(self, spec: NetworkSpec) -> dict[str, Any]:
-        return resolve_options(self.name, spec.options, self.schema)
 
     def check(self, spec: NetworkSpec) -> str | None:
         why = super().check(spec)

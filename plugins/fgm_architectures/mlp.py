@@ -16,11 +16,10 @@ Data: vectors of shape (D,) and images of shape (C, H, W) (flattened), any size.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch import nn
 
-from fgm_core.components import Architecture, NetworkSpec, Networks
+from fgm_core.components import NetworkSpec, Networks
 from fgm_core.errors import FGMError
 from fgm_core.hookspecs import hookimpl
 
@@ -33,7 +32,7 @@ from .common import (
     Option,
     Reshape,
     mlp,
-    resolve_options,
+    SchemaArchitecture,
 )
 
 SCHEMA: tuple[Option, ...] = (
@@ -65,15 +64,12 @@ class MLPDecoder(nn.Module):
         return self.squash(self.reshape(self.out(self.body(z))))
 
 
-class MLPArchitecture(Architecture):
+class MLPArchitecture(SchemaArchitecture):
     """Fully connected encoder, decoder and critic (see the module docstring)."""
 
     name = "mlp"
     data_kinds = ("vector", "image")
     schema = SCHEMA
-
-    def options(self, spec: NetworkSpec) -> dict[str, Any]:
-        return resolve_options(self.name, spec.options, self.schema)
 
     def check(self, spec: NetworkSpec) -> str | None:
         why = super().check(spec)
