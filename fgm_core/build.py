@@ -117,6 +117,10 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     if why:
         raise FGMError(why, "pick another architecture (see `fgm plugins`) or dataset/critic")
     divergence = make_divergence(cfg, plugins)
+    if cfg.critic.n_critic == 0 and not (cfg.critic.form == "density" and divergence.model_term_constant):
+        raise FGMError(f"critic.n_critic = 0 trains no critic, but divergence {cfg.divergence.name!r} with the "
+                       f"{cfg.critic.form} critic needs one for its generator update",
+                       "set critic.n_critic >= 1 (0 is for the plain VAE: kl with the density critic)")
     torch.manual_seed(cfg.run.seed)
     try:
         nets = arch.build(spec)
@@ -132,7 +136,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         nets, divergence, critic_form=cfg.critic.form, data_shape=info.shape, latent_dim=m.latent_dim,
         generator=m.generator, sigma=m.sigma, learn_sigma=m.learn_sigma, sigma_per_dim=m.sigma_per_dim,
         min_sigma=m.min_sigma, generator_loss=cfg.critic.generator_loss,
-        gradient_penalty=cfg.critic.gradient_penalty,
+        gradient_penalty=cfg.critic.gradient_penalty, density_estimator=cfg.critic.n_critic > 0,
     )
 
 

@@ -74,7 +74,7 @@ class CriticConfig(_Section):
     """How the discriminator side is parameterised and regularised."""
 
     form: Literal["density", "joint", "marginal"] = "density"
-    n_critic: int = Field(1, ge=1, le=100)
+    n_critic: int = Field(1, ge=0, le=100)
     generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False

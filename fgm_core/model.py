@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fgm_core.components import Divergence, Networks
+from fgm_core.errors import FGMError
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -36,9 +37,9 @@ class Losses:
     """One side's loss plus the statistics the trainer logs (all detached floats or tensors)."""
 
     loss: Tensor
-    objective: Tensor  # J on this batch (the divergence estimate)
+    objective: Tensor | None  # J on this batch (the divergence estimate); None where the model side is not computed
     critic_data: Tensor  # mean T on data-side samples
-    critic_model: Tensor  # mean T on model-side samples
+    critic_model: Tensor | None  # mean T on model-side samples
 
 
 class FGMModel(nn.Module):
@@ -64,6 +65,7 @@ class FGMModel(nn.Module):
         min_sigma: float = 1e-3,
         generator_loss: str = "saddle",
         gradient_penalty: float = 0.0,
+        density_estimator: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = networks.encoder
@@ -77,6 +79,8 @@ class FGMModel(nn.Module):
         self.generator_loss_kind = generator_loss
         self.gradient_penalty = gradient_penalty
         self.min_sigma = min_sigma
+        # False when the critic is never trained (n_critic = 0, the plain VAE): no log p_D(x)
+        self.density_estimator = density_estimator
         shape = self.data_shape if sigma_per_dim else (1,) * len(self.data_shape)
         # sigma = min_sigma + exp(rho): positive, moves in log space, never below min_sigma.
         rho0 = math.log(max(sigma - min_sigma, 1e-6))
@@ -173,21 +177,30 @@ class FGMModel(nn.Module):
 
         ``non_saturating`` replaces -E_P[f*(T)] by -E_P[T]. A divergence whose model-side
         term does not depend on (theta, phi) in expectation (``model_term_constant``, e.g.
-        kl: E_P[e^s] = integral of exp(l)) drops that term, with either option: with kl
-        this is exactly the VAE update.
+        kl: E_P[e^s] = integral of exp(l)) drops that term, with either option, and computes
+        the data side only: with kl this is exactly the VAE update, at the VAE's cost.
         """
+        if self.critic_form == "density" and self.divergence.model_term_constant:
+            return self._data_side_loss(x_data, noise)
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=False)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
-        if self.critic_form == "density" and self.divergence.model_term_constant:
-            loss = t_q.mean()  # the model-side term is constant: nothing to saturate (kl: the VAE)
-        elif self.generator_loss_kind == "non_saturating":
+        if self.generator_loss_kind == "non_saturating":
             loss = t_q.mean() - t_p.mean()
         else:
             loss = objective
         if self.critic_form == "marginal":
             loss = loss + self._encoder_fit_loss(x_data, samples, noise)
         return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
+
+    def _data_side_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
+        """E_Q[T(s)] alone: the generator loss when the model-side term is constant."""
+        z_q, log_q = self.posterior_sample(x_data, noise["z_eps"])
+        with torch.no_grad():  # the critic is held fixed; l(x) carries no (theta, phi) gradient
+            l_q = self.critic(x_data).float()
+        s_q = l_q + (log_q - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)).float()
+        t_q = self.divergence.T(s_q)
+        return Losses(t_q.mean(), None, t_q.detach().mean(), None)
 
     def _encoder_fit_loss(self, x_data: Tensor, samples: dict[str, Tensor], noise: dict[str, Tensor]) -> Tensor:
         """Marginal critic: J ignores the encoder, so fit it for inference on its own
@@ -240,6 +253,9 @@ class FGMModel(nn.Module):
         Density critic: l(x). Free critics (strictly convex f): the log ratio read back
         through (f')^{-1}, plus the model's log density, averaged over ``eps`` draws.
         """
+        if not self.density_estimator:
+            raise FGMError("this run trained no density estimator (critic.n_critic = 0), so it has no log p_D(x)",
+                           "train with critic.n_critic >= 1, or use the model likelihood (log_likelihood / fgm score)")
         if self.critic_form == "density":
             return self.critic(x).float()
         if eps is None:

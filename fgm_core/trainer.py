@@ -135,6 +135,8 @@ class Trainer:
         for s in self.sched:
             s.step()
         self.step += 1
+        if not cfg.critic.n_critic:  # the plain VAE: no critic step, no estimate of J
+            return {"loss_generator": g.loss.detach(), "critic_data": g.critic_data}
         return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,
                 "critic_data": c.critic_data, "critic_model": c.critic_model}
 
@@ -472,8 +474,8 @@ class Progress:
     def update(self, step: int, row: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(D=f"{row['divergence']:.4g}", critic=f"{row['loss_critic']:.4g}",
-                                 gen=f"{row['loss_generator']:.4g}", refresh=False)
+            shown = {"D": "divergence", "critic": "loss_critic", "gen": "loss_generator"}
+            self.bar.set_postfix({k: f"{row[v]:.4g}" for k, v in shown.items() if v in row}, refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:

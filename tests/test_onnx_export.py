@@ -221,6 +221,22 @@ def test_export_leaves_the_run_untouched(exports):
         torch.testing.assert_close(run.model.critic(xm, z), again.model.critic(xm, z))
 
 
+def test_plain_vae_exports_no_density_graph(workdir):
+    """critic.n_critic = 0 trains no density estimator: no density graph, and a clear error."""
+    cfg = config("mlp-ring8-density", workdir / "runs" / "plain-vae")
+    cfg["critic"]["n_critic"] = 0
+    run = fgm.train(cfg, progress=False)
+    out = workdir / "exports" / "plain-vae"
+    manifest = fgm.export(run, out)
+    assert [g["role"] for g in manifest["graphs"]] == ["generator", "encoder", "likelihood"]
+    with pytest.raises(FGMError, match="no 'density' graph"):
+        fgm.export(run, workdir / "exports" / "plain-vae-2", roles=["density"])
+    rt = fgm.open_export(out)
+    assert np.isfinite(rt.log_likelihood(_data(run, 3), k=2)).all()
+    with pytest.raises(FGMRuntimeError, match="no log_density"):
+        rt.log_density(_data(run, 3))
+
+
 def test_parity_failure_is_an_error(runs, workdir, monkeypatch):
     run = runs("mlp-ring8-density")
     monkeypatch.setattr(E, "ATOL", -1.0)

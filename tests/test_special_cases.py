@@ -122,6 +122,51 @@ def test_trained_kl_run_matches_a_plain_vae(plugins, tmp_path):
     assert abs(e_fgm - e_vae) < 0.35, (e_fgm, e_vae)
 
 
+def plain_vae_cfg(tmp_path, steps: int, **critic) -> dict:
+    return {"data": {"dataset": "ring8", "options": {"n_train": 2048, "n_test": 512}},
+            "model": {"latent_dim": 2, "options": {"hidden": 16, "depth": 2}},
+            "divergence": {"name": "kl"}, "critic": {"n_critic": 0, **critic}, "optim": {"batch_size": 64},
+            "run": {"steps": steps, "out_dir": str(tmp_path), "progress": False, "tensorboard": False,
+                    "checkpoint_every": steps, "log_every": 10, "eval_samples": 300, "name": f"vae{steps}"}}
+
+
+def test_n_critic_zero_is_the_plain_vae(plugins, tmp_path):
+    """critic.n_critic = 0 with kl: the critic is never stepped, the encoder/decoder are, and
+    nothing pretends to have a density estimator."""
+    import json
+
+    import fgm_core as fgm
+    from fgm_core.errors import FGMError
+
+    short = fgm.train(plain_vae_cfg(tmp_path, 10), progress=False, plugins=plugins)
+    long = fgm.train(plain_vae_cfg(tmp_path, 30), progress=False, plugins=plugins)
+    s1, s2 = short.model.state_dict(), long.model.state_dict()
+    critic = [k for k in s1 if k.startswith("critic.")]
+    assert critic and all(torch.equal(s1[k], s2[k]) for k in critic)
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith(("encoder.", "decoder.")))
+    rows = [json.loads(line) for line in (long.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert all(math.isfinite(r["loss_generator"]) and "divergence" not in r for r in rows)
+    summary = json.loads((long.path / "summary.json").read_text())
+    assert "test_log_likelihood" in summary and "test_log_density" not in summary
+    assert torch.isfinite(long.log_likelihood(torch.zeros(4, 2))).all()
+    with pytest.raises(FGMError, match="n_critic = 0"):
+        long.log_density(torch.zeros(4, 2))
+
+
+def test_n_critic_zero_needs_a_constant_model_term(plugins, tmp_path):
+    import fgm_core as fgm
+    from fgm_core.errors import FGMError
+
+    cfg = plain_vae_cfg(tmp_path, 10)
+    cfg["divergence"]["name"] = "js"
+    with pytest.raises(FGMError, match="n_critic = 0 trains no critic"):
+        fgm.train(cfg, progress=False, plugins=plugins)
+    with pytest.raises(FGMError, match="n_critic = 0 trains no critic"):
+        fgm.train(plain_vae_cfg(tmp_path, 10, form="joint"), progress=False, plugins=plugins)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
 # --------------------------------------------------------------------------- f-GAN
 @pytest.mark.parametrize("name", BUILTINS)
 def test_marginal_critic_is_the_fgan_objective(plugins, name):

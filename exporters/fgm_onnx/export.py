@@ -212,10 +212,11 @@ def graph_specs(run: Any, model: nn.Module, ref: nn.Module) -> list[GraphSpec]:
 
     form = model.critic_form
     if form == "density":
-        specs.append(GraphSpec(
-            "density", DensityGraph(*args), [x_in], [("log_density", vec)],
-            lambda x: (ref.log_density(tm(x)) + log_det,),
-            "log p_D(x) from the density estimator, nats, data units"))
+        if getattr(model, "density_estimator", True):  # n_critic = 0 (plain VAE): no estimator to export
+            specs.append(GraphSpec(
+                "density", DensityGraph(*args), [x_in], [("log_density", vec)],
+                lambda x: (ref.log_density(tm(x)) + log_det,),
+                "log p_D(x) from the density estimator, nats, data units"))
     elif form == "marginal":
         if _has_log_density(model):
             specs.append(GraphSpec(
