@@ -65,8 +65,8 @@ class HandLoop:
         self.batch = batch
         gen_params = list(self.enc.parameters()) + list(self.dec.parameters())
         self.opt_g = torch.optim.Adam([{"params": gen_params}, {"params": [self.rho], "lr": lr * sigma_lr_scale}],
-                                      lr=lr, betas=betas)
-        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas)
+                                      lr=lr, betas=betas, fused=True)  # the trainer's Adam too
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas, fused=True)
         self.g = torch.Generator().manual_seed(seed)
         self.perm = torch.randperm(data.shape[0], generator=self.g)
         self.pos = 0

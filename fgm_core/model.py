@@ -111,7 +111,11 @@ class FGMModel(nn.Module):
 
     def log_p_x_given_z(self, x: Tensor, z: Tensor, mean: Tensor | None = None) -> Tensor:
         mean = self.decoder(z) if mean is None else mean
-        return gaussian_log_prob(x, mean, self.log_sigma.expand_as(mean))
+        log_sigma = self.log_sigma
+        r = (x - mean) * torch.exp(-log_sigma)
+        # the normaliser is the same for every row: summed once over the data shape
+        norm = log_sigma.expand(mean.shape[1:]).sum() + 0.5 * LOG_2PI * math.prod(mean.shape[1:])
+        return -0.5 * r.square().flatten(1).sum(1) - norm
 
     def generate(self, z: Tensor, eps: Tensor | None) -> Tensor:
         """x ~ p(x|z): mean plus sigma*eps (the mean alone for a deterministic generator)."""
@@ -180,7 +184,7 @@ class FGMModel(nn.Module):
         kl: E_P[e^s] = integral of exp(l)) drops that term, with either option, and computes
         the data side only: with kl this is exactly the VAE update, at the VAE's cost.
         """
-        if self.critic_form == "density" and self.divergence.model_term_constant:
+        if not self.generator_uses_model_side:
             return self._data_side_loss(x_data, noise)
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=False)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
@@ -193,12 +197,20 @@ class FGMModel(nn.Module):
             loss = loss + self._encoder_fit_loss(x_data, samples, noise)
         return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
 
+    @property
+    def generator_uses_model_side(self) -> bool:
+        """False where the generator loss is E_Q[T(s)] alone (density critic, constant model term)."""
+        return not (self.critic_form == "density" and self.divergence.model_term_constant)
+
     def _data_side_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
-        """E_Q[T(s)] alone: the generator loss when the model-side term is constant."""
+        """E_Q[T(s)] alone: the generator loss when the model-side term is constant.
+        Without a density estimator (n_critic = 0) l is taken as 0: nothing trained it."""
         z_q, log_q = self.posterior_sample(x_data, noise["z_eps"])
-        with torch.no_grad():  # the critic is held fixed; l(x) carries no (theta, phi) gradient
-            l_q = self.critic(x_data).float()
-        s_q = l_q + (log_q - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)).float()
+        s_q = (log_q - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)).float()
+        if self.density_estimator:
+            with torch.no_grad():  # the critic is held fixed; l(x) carries no (theta, phi) gradient
+                l_q = self.critic(x_data).float()
+            s_q = s_q + l_q
         t_q = self.divergence.T(s_q)
         return Losses(t_q.mean(), None, t_q.detach().mean(), None)
 

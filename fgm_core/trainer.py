@@ -42,11 +42,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(name: str, params: list, lr: float, betas: tuple[float, float], wd: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: list, lr: float, betas: tuple[float, float], wd: float,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: Adam/AdamW update every tensor in one kernel (CPU and CUDA), several times
+    faster than the per-op update for small networks, where it is a large part of a step."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd, fused=fused or None)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=wd, fused=fused or None)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
@@ -99,9 +102,11 @@ class Trainer:
         groups = [{"params": gen_params}]
         if isinstance(m.rho, torch.nn.Parameter):  # the noise scale moves in log space, faster
             groups.append({"params": [m.rho], "lr": o.lr * o.sigma_lr_scale, "weight_decay": 0.0})
-        self.opt_g = make_optimizer(o.optimizer, groups, o.lr, o.betas, o.weight_decay)
+        fused = self.device.type in ("cpu", "cuda")
+        self.opt_g = make_optimizer(o.optimizer, groups, o.lr, o.betas, o.weight_decay, fused)
         self.gen_params = [p for grp in groups for p in grp["params"]]
-        self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay)
+        self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas,
+                                    o.weight_decay, fused)
         factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
         constant = o.schedule == "constant" and not o.warmup_steps  # nothing to schedule: skip the work
         self.sched = [] if constant else [torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -129,7 +134,7 @@ class Trainer:
             self._update(self.opt_c, c.loss, model.critic.parameters(), "critic")
         model.critic.requires_grad_(False)  # the critic is held fixed: no grads, no work
         with self._autocast():
-            g = model.generator_loss(self.next_batch(), self.noise())
+            g = model.generator_loss(self.next_batch(), self.noise(model.generator_uses_model_side))
         model.critic.requires_grad_(True)
         self._update(self.opt_g, g.loss, self.gen_params, "generator")
         for s in self.sched:
@@ -172,16 +177,20 @@ class Trainer:
             idx = idx.view(self.world, -1)[self.rank]
         return self.train_x[idx]
 
-    def noise(self) -> dict[str, Tensor]:
+    def noise(self, model_side: bool = True) -> dict[str, Tensor]:
         """The noise of one global batch; with several processes, every process draws it all
-        (same generator, same state) and keeps its rows, as for the data."""
+        (same generator, same state) and keeps its rows, as for the data. ``model_side =
+        False``: only the posterior noise (a step that samples nothing from the model)."""
         b, d = self.train_rows(), self.cfg.model.latent_dim
         kw = {"generator": self.gen, "device": self.device}
-        out = {"z": torch.randn(b, d, **kw), "z_eps": torch.randn(b, d, **kw)}
-        if self.cfg.model.generator == "gaussian":
-            out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
-        if self.cfg.critic.gradient_penalty > 0:
-            out["gp"] = torch.rand(b, **kw)
+        if not model_side:
+            out = {"z_eps": torch.randn(b, d, **kw)}
+        else:
+            out = {"z": torch.randn(b, d, **kw), "z_eps": torch.randn(b, d, **kw)}
+            if self.cfg.model.generator == "gaussian":
+                out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
+            if self.cfg.critic.gradient_penalty > 0:
+                out["gp"] = torch.rand(b, **kw)
         if self.world > 1:
             out = {k: v.view(self.world, -1, *v.shape[1:])[self.rank] for k, v in out.items()}
         return out
