@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve()
 PRESETS = {
     "ring8": {"data": {"dataset": "ring8"}, "model": {"architecture": "mlp", "latent_dim": 2}},
     "dcgan": {"data": {"dataset": "shapes", "options": {"n_train": 2048, "n_test": 256}},
-              "model": {"architecture": "dcgan", "latent_dim": 32}},
+              "model": {"architecture": "dcgan", "latent_dim": 32}, "optim": {"batch_size": 64}},
 }
 
 

@@ -299,7 +299,7 @@ def mem_worker(args: argparse.Namespace) -> None:
 def _mem(spec: dict, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "FGM_NO_PROGRESS": "1"}
     cmd = [sys.executable, str(HERE), "--mem-worker", "--mem-spec", json.dumps(spec), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"memory worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -324,6 +324,18 @@ def bench_memory(work: Path, threads: int, quick: bool) -> list[dict]:
     rows.append({"what": f"train ring8, mlp 512 x 3, batch 1024, {steps} steps", **r2})
     r3 = _mem({"kind": "sample", "run": r["run"], "n": n_sample}, threads)
     rows.append({"what": f"sample {n_sample:,} from the ring8 mlp 128 run", **r3})
+    # an image configuration: the dcgan preset's networks on 28x28 shapes
+    img_steps = 5 if quick else 50
+    img = {"data": {"dataset": "shapes", "options": {"n_train": 4096, "n_test": 512}},
+           "model": {"architecture": "dcgan", "latent_dim": 32, "sigma": 0.1}, "divergence": {"name": "kl"},
+           "optim": {"batch_size": 64},
+           "run": {"device": "cpu", "steps": img_steps, "out_dir": runs, "checkpoint_every": img_steps,
+                   "eval_samples": 500, "progress": False, "tensorboard": False}}
+    r4 = _mem({"kind": "train", "cfg": img}, threads)
+    rows.append({"what": f"train shapes, dcgan 28x28, batch 64, {img_steps} steps", **r4})
+    n_img = 1_000 if quick else 10_000
+    r5 = _mem({"kind": "sample", "run": r4["run"], "n": n_img}, threads)
+    rows.append({"what": f"sample {n_img:,} images from the dcgan run", **r5})
     return rows
 
 

@@ -195,12 +195,14 @@ def run_fgm(args, data: dict, steps: int, out: Path, name: str, n_critic: int, l
 def main() -> int:
     args = parse()
     torch.set_num_threads(args.threads)
-    logging.getLogger("pythae").setLevel(logging.ERROR)
     try:
-        import pythae  # noqa: F401
+        import pythae.trainers  # noqa: F401
     except ImportError:
         print("pythae is not installed: pip install pythae (it works with torch 2.13)", file=sys.stderr)
         return 2
+    for name in list(logging.root.manager.loggerDict):  # pythae logs every epoch at INFO
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     plugins = PluginSet(only=["divergences", "mlp", "datasets"], strict=True)
     data, data_desc = data_config(args)
     bundle = load_data(build_config({"data": data}), plugins)

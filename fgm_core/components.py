@@ -41,7 +41,8 @@ class Divergence(ABC):
     #: f strictly convex, so log (f')^{-1}(T) recovers the log density ratio.
     strictly_convex: bool = True
     #: E_P[C(s)] does not depend on the generator or encoder in expectation (kl: it is the
-    #: integral of exp(l)), so their update may drop it: with kl this is the VAE update.
+    #: integral of exp(l)), so their update drops it and computes the data side only: with kl
+    #: this is the VAE update, and ``critic.n_critic = 0`` (no critic at all) becomes valid.
     model_term_constant: bool = False
 
     def __init__(self, max_exp: float = 40.0) -> None:
