@@ -23,7 +23,7 @@ the last step, from before the first step). Whole-call wall times are reported t
 
 Needs pythae (``pip install pythae``; it works with torch 2.13). Usage:
 
-    python benchmarks/vae_vs_pythae.py                       # 10 epochs, batch 64 and 512, writes vae_vs_pythae.json
+    python benchmarks/vae_vs_pythae.py                       # 10 epochs, batch 32, 64 and 512, writes vae_vs_pythae.json
     python benchmarks/vae_vs_pythae.py --epochs 2 --quick    # smoke run on 12k images
 """
 
@@ -58,7 +58,7 @@ ELBO_TOLERANCE = 0.5  # nats per image: "equal" ELBO (about 0.07% of a Fashion-M
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batches", default="64,512", help="batch sizes, comma-separated (each a full comparison)")
+    p.add_argument("--batches", default="32,64,512", help="batch sizes, comma-separated (each a full comparison)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--latent", type=int, default=20)
