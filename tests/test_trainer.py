@@ -130,6 +130,8 @@ def test_python_api_sample_encode_scores(tmp_path, plugins):
     ll = loaded.log_likelihood(x, k=8)
     ld = loaded.log_density(x)
     assert ll.shape == (100,) and ld.shape == (100,)
+    # inference builds no autograd graph (one would hold every batch's activations)
+    assert not any(t.requires_grad for t in (x, mu, logvar, ll, ld, loaded.sample(5, noise=False)))
     assert torch.isfinite(ll).all() and torch.isfinite(ld).all()
     # more importance samples give a tighter (higher on average) bound than K = 1
     assert loaded.log_likelihood(x, k=64).mean() >= loaded.log_likelihood(x, k=1).mean() - 1e-3
