@@ -98,8 +98,9 @@ def summarise(out: Path) -> list[dict]:
     tb = _load(out / "train_bench.json")
     if tb:
         for r in tb.get("overhead", []):
-            add("1", f"trainer overhead, {r['config']}", r["ratio"], f"{r['ratio']:.3f} (paired {r['ratio_paired_median']:.3f})",
-                ">= 0.95", r["ratio"] >= 0.95)
+            paired = r["ratio_paired_median"]  # adjacent fgm/hand repeats: cancels the machine's drift
+            add("1", f"trainer overhead, {r['config']}", paired, f"{paired:.3f} paired (ratio of medians {r['ratio']:.3f})",
+                ">= 0.95", paired >= 0.95)
         if "roof" in tb:
             r = tb["roof"]
             add("2", "fraction of the GEMM roof, mlp 512 x 3, batch 1024", r["fraction_of_roof"],

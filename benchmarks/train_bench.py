@@ -401,11 +401,11 @@ def main() -> None:
         print(f"| {'config':<32} | {'fgm steps/s':>11} | {'hand steps/s':>12} | {'fgm/hand':>8} | {'paired':>6} | target >= 0.95 |")
         print(f"|{'-' * 34}|{'-' * 13}|{'-' * 14}|{'-' * 10}|{'-' * 8}|{'-' * 16}|")
         for r in result["overhead"]:
-            ok = "met" if r["ratio"] >= 0.95 else "missed"
+            ok = "met" if r["ratio_paired_median"] >= 0.95 else "missed"  # paired: robust to machine drift
             print(f"| {r['config']:<32} | {r['fgm_steps_per_s']:>11.1f} | {r['hand_steps_per_s']:>12.1f} | "
                   f"{r['ratio']:>8.3f} | {r['ratio_paired_median']:>6.3f} | {ok:<14} |")
         print("fgm/hand: ratio of the median steps/s; paired: median over repeats of the ratio of adjacent "
-              "fgm and hand repeats")
+              "fgm and hand repeats (the target is judged on it: it cancels the machine's drift during the run)")
     if "roof" in result:
         r = result["roof"]
         print(f"\n2. Fraction of the float32 GEMM roof: {r['config']}")
