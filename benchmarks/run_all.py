@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from fgm_core.config import load_toml
+
 HERE = Path(__file__).resolve().parent
 PARTS = ("train", "vae", "onnx", "coverage")
 COVERAGE = ("ring8", "grid25")
@@ -71,17 +73,11 @@ def run_parts(args: argparse.Namespace, out: Path) -> dict:
         for ds in COVERAGE:
             cmd = [fgm, "compare", "-c", str(HERE / "coverage" / f"{ds}.toml"), "--seeds", "2" if q else "5",
                    "--threads", str(args.coverage_threads), "-q", "-o", str(out / f"coverage_{ds}")]
-            cfg = _toml(HERE / "coverage" / f"{ds}.toml")
+            cfg = load_toml(HERE / "coverage" / f"{ds}.toml")
             cmd += ["--divergences", cfg["divergence"]["name"], "--critic", cfg["critic"]["form"]]
             cmd += ["--steps", "300"] if q else []
             status[f"coverage_{ds}"] = "ok" if sh(cmd, out / f"coverage_{ds}.log") == 0 else "failed"
     return status
-
-
-def _toml(path: Path) -> dict:
-    from fgm_core.config import load_toml
-
-    return load_toml(path)
 
 
 def _load(path: Path) -> dict | None:

@@ -23,8 +23,13 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """Diagonal Gaussian log density, summed over all but the batch dimension."""
+    """Diagonal Gaussian log density, summed over all but the batch dimension. A ``log_std``
+    without the batch dimension (one per data dimension) is shared by every row: its
+    normaliser is summed once."""
     r = (x - mean) * torch.exp(-log_std)
+    if log_std.dim() < x.dim():
+        norm = log_std.expand(x.shape[1:]).sum() + 0.5 * LOG_2PI * math.prod(x.shape[1:])
+        return -0.5 * r.square().flatten(1).sum(1) - norm
     return (-0.5 * (LOG_2PI + r * r) - log_std).flatten(1).sum(1)
 
 
@@ -111,11 +116,11 @@ class FGMModel(nn.Module):
 
     def log_p_x_given_z(self, x: Tensor, z: Tensor, mean: Tensor | None = None) -> Tensor:
         mean = self.decoder(z) if mean is None else mean
-        log_sigma = self.log_sigma
-        r = (x - mean) * torch.exp(-log_sigma)
-        # the normaliser is the same for every row: summed once over the data shape
-        norm = log_sigma.expand(mean.shape[1:]).sum() + 0.5 * LOG_2PI * math.prod(mean.shape[1:])
-        return -0.5 * r.square().flatten(1).sum(1) - norm
+        return gaussian_log_prob(x, mean, self.log_sigma)
+
+    def _ratio_terms(self, x: Tensor, z: Tensor, log_q: Tensor, mean: Tensor | None = None) -> Tensor:
+        """log q(z|x) - log p(z) - log p(x|z): the log ratio s without the estimator's l(x)."""
+        return log_q - standard_normal_log_prob(z) - self.log_p_x_given_z(x, z, mean=mean)
 
     def generate(self, z: Tensor, eps: Tensor | None) -> Tensor:
         """x ~ p(x|z): mean plus sigma*eps (the mean alone for a deterministic generator)."""
@@ -149,9 +154,8 @@ class FGMModel(nn.Module):
         v_q, v_p = v[: x_data.shape[0]], v[x_data.shape[0]:]
         if self.critic_form == "density":
             with torch.no_grad() if critic_step else nullcontext():
-                extra_q = log_q_data - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)
-                extra_p = (self.log_q(z_p, x_p) - standard_normal_log_prob(z_p)
-                           - self.log_p_x_given_z(x_p, z_p, mean=mean_p))
+                extra_q = self._ratio_terms(x_data, z_q, log_q_data)
+                extra_p = self._ratio_terms(x_p, z_p, self.log_q(z_p, x_p), mean=mean_p)
             v_q, v_p = v_q + extra_q.float(), v_p + extra_p.float()
         return v_q, v_p, samples
 
@@ -206,7 +210,7 @@ class FGMModel(nn.Module):
         """E_Q[T(s)] alone: the generator loss when the model-side term is constant.
         Without a density estimator (n_critic = 0) l is taken as 0: nothing trained it."""
         z_q, log_q = self.posterior_sample(x_data, noise["z_eps"])
-        s_q = (log_q - standard_normal_log_prob(z_q) - self.log_p_x_given_z(x_data, z_q)).float()
+        s_q = self._ratio_terms(x_data, z_q, log_q).float()
         if self.density_estimator:
             with torch.no_grad():  # the critic is held fixed; l(x) carries no (theta, phi) gradient
                 l_q = self.critic(x_data).float()
@@ -223,7 +227,7 @@ class FGMModel(nn.Module):
         z, log_q = self.posterior_sample(x_data, noise["z_eps"])
         with _frozen(self.decoder):
             mean = self.decoder(z)
-        log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach().expand_as(mean))
+        log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach())
         return (log_q - standard_normal_log_prob(z) - log_px).mean()
 
     def _gradient_penalty(self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None,

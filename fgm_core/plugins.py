@@ -276,7 +276,7 @@ class PluginSet:
                 raise PluginError(
                     f"required plugin {name!r} ({spec}) is not installed"
                     + (" (it failed to load)" if info else ""),
-                    f"pip install the package that provides it, or remove it from [plugins.required]",
+                    "pip install the package that provides it, or remove it from [plugins.required]",
                 )
             try:
                 ok = Version(info.version) in SpecifierSet(spec)

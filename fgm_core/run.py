@@ -94,17 +94,18 @@ class Run:
         return self.info.scaling.to_model(t).to(self.device)
 
     # ------------------------------------------------------------------ the three abilities
-    def _rows(self, per_row: int = 1) -> int:
-        """Rows per network call: 4096 for vectors; 512 for images, whose conv activations
-        and transposed-conv buffers are large (10,000 DCGAN samples: 1,080 MB peak at 4096)."""
-        return max(1, (4096 if len(self.info.shape) == 1 else 512) // per_row)
+    def _rows(self, vector_rows: int, per_row: int = 1) -> int:
+        """Data rows per network call: ``vector_rows`` for vectors; for images 512 network rows
+        (``per_row`` each), since conv activations and transposed-conv buffers are large
+        (10,000 DCGAN samples took 1,080 MB at 4096 rows a call)."""
+        return vector_rows if len(self.info.shape) == 1 else max(1, 512 // per_row)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, noise: bool = True, batch: int | None = None) -> Tensor:
         """``n`` samples in data units (``noise=False``: the generator means)."""
         if n < 1:
             raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
-        batch = batch or self._rows()
+        batch = batch or self._rows(4096)
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         for i in range(0, n, batch):
@@ -125,7 +126,7 @@ class Run:
         """Importance-sampled log p(x) per row, nats, in data units (K = ``k`` samples)."""
         if k < 1:
             raise FGMError(f"k must be positive, got {k}", "use k >= 1")
-        batch = batch or (512 if len(self.info.shape) == 1 else self._rows(k))
+        batch = batch or self._rows(512, k)
         xm = self.as_model_input(x)
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []
@@ -139,7 +140,7 @@ class Run:
     def log_density(self, x: Any, k: int = 16, seed: int = 0, batch: int | None = None) -> Tensor:
         """The density estimator's log p_D(x) per row, nats, in data units."""
         per_row = 1 if self.model.critic_form == "density" else k
-        batch = batch or (512 if len(self.info.shape) == 1 else self._rows(per_row))
+        batch = batch or self._rows(512, per_row)
         xm = self.as_model_input(x)
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []

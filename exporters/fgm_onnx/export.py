@@ -212,7 +212,7 @@ def graph_specs(run: Any, model: nn.Module, ref: nn.Module) -> list[GraphSpec]:
 
     form = model.critic_form
     if form == "density":
-        if getattr(model, "density_estimator", True):  # n_critic = 0 (plain VAE): no estimator to export
+        if model.density_estimator:  # n_critic = 0 (plain VAE): no estimator to export
             specs.append(GraphSpec(
                 "density", DensityGraph(*args), [x_in], [("log_density", vec)],
                 lambda x: (ref.log_density(tm(x)) + log_det,),
