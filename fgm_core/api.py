@@ -71,17 +71,23 @@ def latest_run(out_dir: str | Path = "runs") -> Path:
 
 
 def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = "onnx", **options: Any) -> dict[str, Any]:
-    """Export a run with the exporter plugin ``fmt``; returns the manifest."""
+    """Export a run with the exporter plugin ``fmt``; returns the manifest.
+
+    The export is written beside ``out_dir`` and moved into place when complete, with the
+    sha256 of every file in its ``manifest.json``. An existing ``out_dir`` is replaced only
+    when it is exactly an fgm export (see :func:`fgm_core.storage.check_export_target`).
+    """
     import shutil
     import tempfile
 
+    from fgm_core.storage import check_export_target, replace_dir, seal_export
+
     run = run if isinstance(run, Run) else Run.load(run)
-    plugins = get_plugins(near=run.path)
+    plugins = get_plugins()
     comp = plugins.get("exporters", fmt)
     exporter = comp.factory()
     out = Path(out_dir) if out_dir else run.path / f"export-{fmt}"
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        raise FGMError(f"{out} exists and is not an fgm export", "choose another -o directory")
+    check_export_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -93,9 +99,8 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
             raise PluginError(f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "
                               f"{' '.join(str(e).split())}; nothing was written to {out}",
                               "fix or update the plugin, or report it to its author") from e
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        manifest = seal_export(tmp, manifest, fmt)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -104,11 +109,11 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
 
 def open_export(path: str | Path, device: str = "auto") -> Any:
     """Open an export directory with the exporter that wrote it (see its manifest)."""
-    from fgm_core.storage import read_json
+    from fgm_core.storage import MANIFEST, confined_file, read_json
 
     path = Path(path)
-    manifest = read_json(path / "manifest.json")
+    manifest = read_json(confined_file(path, MANIFEST, path))
     fmt = manifest.get("exporter") if isinstance(manifest, dict) else None
-    if not fmt:
+    if not isinstance(fmt, str) or not fmt:
         raise FGMError(f"{path / 'manifest.json'} names no exporter", "is this an fgm export directory?")
     return get_plugins().get("exporters", fmt).factory().open(path, device=device)

@@ -62,7 +62,8 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins_cmd(obj: Ctx, as_json: bool) -> None:
-    """List loaded plugins: version, origin, hooks and registered components."""
+    """List loaded plugins: version, origin, hooks, registered components, and problems
+    (a component name two plugins register, a hook name fgm does not know)."""
     ps = obj.plugins()
     infos = [i.as_dict() for i in sorted(ps.infos.values(), key=lambda i: i.name)]
     if as_json:
@@ -77,6 +78,10 @@ def plugins_cmd(obj: Ctx, as_json: bool) -> None:
             click.echo(f"    {kind}: {', '.join(sorted(names))}")
         if i["error"]:
             click.echo(f"    error: {i['error']}")
+        for msg in i["clashes"]:
+            click.echo(f"    clash: {msg}: unusable until one plugin is blocked in plugins.toml")
+        for msg in i["warnings"]:
+            click.echo(f"    warning: {msg}")
 
 
 # --------------------------------------------------------------------------- train / config

@@ -96,7 +96,7 @@ def load_test_bundle(model: Any, data_options: dict[str, Any] | None = None, dro
     opts = {k: v for k, v in cfg.data.options.items() if k not in drop_options}
     opts.update(data_options or {})
     cfg.data.options = opts
-    return load_data(cfg, get_plugins(near=getattr(model, "path", None)))
+    return load_data(cfg, get_plugins())
 
 
 # --------------------------------------------------------------------------- a uniform view

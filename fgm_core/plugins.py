@@ -10,12 +10,19 @@ Environment:
   tests). ``FGM_PLUGINS=""`` is not a restriction; use ``FGM_PLUGINS=none`` to load none.
 - ``FGM_STRICT_PLUGINS=1``: a plugin failure is fatal.
 - ``FGM_PLUGINS_TOML``: path of the plugin policy file.
+
+Run and export directories are data, never code: a ``plugins.toml`` is read only where the
+user named it (``--plugins-toml``, ``$FGM_PLUGINS_TOML``), in the working directory, or beside
+a config file given with ``-c``, and never from a run or export directory (see
+:meth:`PluginPolicy.discover`). ``blocked`` and ``enabled`` apply to local plugins too.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -125,7 +132,9 @@ class PluginPolicy:
 
     @classmethod
     def discover(cls, explicit: Path | None = None, near: Path | None = None) -> PluginPolicy:
-        """Find the policy: explicit path, ``$FGM_PLUGINS_TOML``, beside ``near``, then cwd."""
+        """Find the policy: explicit path, ``$FGM_PLUGINS_TOML``, beside ``near`` (the folder of
+        a config file the user named), then the working directory. A ``plugins.toml`` found in
+        a run or export directory is ignored: it came with data, and could import any code."""
         if explicit is None and os.environ.get("FGM_PLUGINS_TOML"):
             explicit = Path(os.environ["FGM_PLUGINS_TOML"])
         if explicit is not None:
@@ -133,9 +142,20 @@ class PluginPolicy:
                 raise FGMError(f"plugin policy {explicit} not found", "check --plugins-toml / FGM_PLUGINS_TOML")
             return cls.load(explicit)
         for d in [near, Path.cwd()]:
-            if d is not None and (d / POLICY_FILE).is_file():
+            if d is not None and (d / POLICY_FILE).is_file() and not is_data_folder(d):
                 return cls.load(d / POLICY_FILE)
         return cls()
+
+
+def is_data_folder(folder: Path) -> bool:
+    """True for a run directory (``fgm.json``) or an export directory (an fgm ``manifest.json``)."""
+    if (folder / "fgm.json").exists():
+        return True
+    try:
+        m = json.loads((folder / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "exporter" in m and "files" in m
 
 
 # --------------------------------------------------------------------------- registry
@@ -159,6 +179,8 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a misspelled hook name
+    clashes: list[str] = field(default_factory=list)  # components another plugin registers too
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +191,8 @@ class PluginInfo:
             "hooks": self.hooks,
             "components": self.components,
             "error": self.error,
+            "warnings": self.warnings,
+            "clashes": self.clashes,
         }
 
 
@@ -189,6 +213,8 @@ class PluginSet:
         self.infos: dict[str, PluginInfo] = {}
         self.failures: list[str] = []
         self.components: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_KINDS}
+        #: names registered by several plugins -> their components; an error only when used
+        self.clashes: dict[str, dict[str, list[Component]]] = {k: {} for k in COMPONENT_KINDS}
         local = dict(self.policy.local)
         local.update(extra_local or {})
         self._load_entry_points()
@@ -197,16 +223,25 @@ class PluginSet:
         self._check_required()
         for kind in COMPONENT_KINDS:
             self._register_all(kind)
+        for kind, clashes in self.clashes.items():
+            for name, comps in clashes.items():
+                for c in comps:
+                    others = " and ".join(sorted(repr(o.plugin) for o in comps if o is not c))
+                    self.infos[c.plugin].clashes.append(f"{kind[:-1]} {name!r} (also registered by {others})")
 
     # -- loading -------------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
+        """Whether to load plugin ``name`` (installed or local): ``FGM_PLUGINS``, ``blocked``, ``enabled``."""
+        return self._unwanted_why(name) is None
+
+    def _unwanted_why(self, name: str) -> str | None:
         if self.only is not None and name not in self.only:
-            return False
+            return "FGM_PLUGINS does not list it"
         if name in self.policy.blocked:
-            return False
+            return f"{self.policy.source or 'the plugin policy'} blocks it"
         if self.policy.enabled is not None and name not in self.policy.enabled and name not in self.policy.required:
-            return False
-        return True
+            return f"{self.policy.source or 'the plugin policy'} does not enable it"
+        return None
 
     def _fail(self, name: str, what: str, exc: BaseException) -> None:
         detail = " ".join(str(exc).split())  # one line, whatever the exception's message
@@ -232,9 +267,17 @@ class PluginSet:
                 self.pm.unregister(name=name)
             self._fail(name, "has invalid hooks", e)
             return
-        info.hooks = sorted(
-            h.name for h in self.pm.get_hookcallers(module) or [] if h.name in hookspecs.__dict__
-        )
+        callers = self.pm.get_hookcallers(module) or []
+        info.hooks = sorted(h.name for h in callers if h.has_spec())
+        for h in callers:  # what pluggy's check_pending finds, per plugin and with a suggestion
+            if not h.has_spec() and not all(i.optionalhook for i in h.get_hookimpls() if i.plugin is module):
+                known = [n for n, c in vars(self.pm.hook).items() if not n.startswith("_") and c.has_spec()]
+                close = difflib.get_close_matches(h.name, known, n=1)
+                msg = (f"plugin {name!r} implements {h.name!r}, which is not an fgm hook"
+                       + (f" (did you mean {close[0]!r}?)" if close else ""))
+                if self.strict:
+                    raise PluginError(msg, "rename the hook, or run without --strict-plugins")
+                info.warnings.append(msg)
 
     def _load_entry_points(self) -> None:
         eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
@@ -255,7 +298,7 @@ class PluginSet:
             self._add(ep.name, module, info)
 
     def _load_local(self, name: str, path: Path) -> None:
-        if self.only is not None and name not in self.only:
+        if not self._wanted(name):
             return
         info = PluginInfo(name, "local", "local", str(path))
         try:
@@ -313,19 +356,31 @@ class PluginSet:
                 self._drop_components(plugin)
                 continue
             for c in staged:
-                prev = self.components[kind].get(c.name)
-                if prev is not None:
-                    raise PluginError(
-                        f"{kind[:-1]} {c.name!r} is registered by two plugins: {prev.plugin!r} and {c.plugin!r}",
-                        "block one of them in plugins.toml ([plugins] blocked = [...])",
-                    )
-                self.components[kind][c.name] = c
                 self.infos[plugin].components.setdefault(kind, []).append(c.name)
+                prev = self.components[kind].pop(c.name, None)
+                if prev is None and c.name not in self.clashes[kind]:
+                    self.components[kind][c.name] = c
+                    continue
+                self.clashes[kind].setdefault(c.name, [prev] if prev else []).append(c)
+                if self.strict:
+                    raise self._clash_error(kind, c.name)
+
+    def _clash_error(self, kind: str, name: str) -> PluginError:
+        owners = sorted(c.plugin for c in self.clashes[kind][name])
+        return PluginError(
+            f"{kind[:-1]} {name!r} is registered by {len(owners)} plugins: {' and '.join(map(repr, owners))}",
+            "block one of them in plugins.toml ([plugins] blocked = [...])",
+        )
 
     def _drop_components(self, plugin: str) -> None:
         """Forget what a plugin registered through its other hooks: a failed plugin is skipped whole."""
         for kind in COMPONENT_KINDS:
             self.components[kind] = {n: c for n, c in self.components[kind].items() if c.plugin != plugin}
+            for name, comps in list(self.clashes[kind].items()):
+                comps[:] = [c for c in comps if c.plugin != plugin]
+                if len(comps) < 2:  # the clash is gone with the failed plugin
+                    del self.clashes[kind][name]
+                    self.components[kind].update({c.name: c for c in comps})
         self.infos[plugin].components = {}
 
     # -- queries -------------------------------------------------------------------------
@@ -333,9 +388,12 @@ class PluginSet:
         return dict(self.policy.settings.get(plugin, {}))
 
     def names(self, kind: str) -> list[str]:
+        """Usable component names (a name two plugins register is not usable until one is blocked)."""
         return sorted(self.components[kind])
 
     def get(self, kind: str, name: str) -> Component:
+        if name in self.clashes[kind]:
+            raise self._clash_error(kind, name)
         try:
             return self.components[kind][name]
         except KeyError:
@@ -347,6 +405,9 @@ class PluginSet:
             if plugin in self.infos:
                 raise PluginError(f"plugin {plugin!r} failed to load: {self.infos[plugin].error}",
                                   "fix or reinstall it")
+            why = self._unwanted_why(plugin)
+            if why:
+                raise PluginError(f"plugin {plugin!r} is not loaded: {why}", "change the plugin policy to use it")
             raise unknown_name("plugin", plugin, [n for n, i in self.infos.items() if not i.error])
         module = self.pm.get_plugin(plugin)
         fn = getattr(module, "plugin_preset", None)

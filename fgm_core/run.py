@@ -16,7 +16,7 @@ from fgm_core.config import FGMConfig, validate
 from fgm_core.errors import FGMError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet, get_plugins
-from fgm_core.storage import load_tensors, read_json
+from fgm_core.storage import confined_file, load_tensors, read_json
 
 
 class Run:
@@ -33,27 +33,38 @@ class Run:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", plugins: PluginSet | None = None) -> Run:
-        """Load a run directory (final weights, else the latest checkpoint)."""
-        from fgm_core.trainer import check_format, resolve_device
+        """Load a run directory (final weights, else the latest checkpoint).
+
+        The directory is data, never code: its files are read (inside it only, sha256-checked
+        weights), and the components come from the installed plugins and the user's own
+        policy, never from a ``plugins.toml`` or module inside the run directory.
+        """
+        from fgm_core.trainer import check_format, checkpoint_files, resolve_device
 
         path = Path(path)
         if not path.is_dir():
             raise FGMError(f"run directory {path} not found", "give the directory `fgm train` printed")
-        meta = read_json(path / "fgm.json")
+
+        def read(name: str) -> Any:
+            return read_json(confined_file(path, name, path))
+
+        meta = read("fgm.json")
         check_format(meta, path / "fgm.json")
         if meta.get("kind") != "run":
             raise FGMError(f"{path} is not a run directory (kind {meta.get('kind')!r})", "give a training run directory")
-        cfg = validate(read_json(path / "config.json"), str(path / "config.json"))
-        info = DataInfo.from_dict(read_json(path / "data.json"))
-        recorded = read_json(path / "plugins.json")
-        plugins = plugins or get_plugins(near=path)
+        cfg = validate(read("config.json"), str(path / "config.json"))
+        info = DataInfo.from_dict(read("data.json"))
+        recorded = read("plugins.json")
+        plugins = plugins or get_plugins()
         dev = resolve_device(device)
         model = make_model(cfg, plugins, info).to(dev)
-        weights = path / "model.safetensors"
-        if not weights.exists():
-            ptr = read_json(path / "checkpoint.json")
-            weights = path / "checkpoints" / f"{ptr['tag']}.model.safetensors"
-        state = load_tensors(weights, dev)
+        record = meta.get("sha256")
+        sha = record.get("model.safetensors") if isinstance(record, dict) else None
+        if sha is not None and (path / "model.safetensors").exists():
+            weights = confined_file(path, "model.safetensors", path / "fgm.json")
+        else:  # not finished (or stopped while writing the final weights): the last checkpoint
+            weights, sha = checkpoint_files(path)["model.safetensors"]
+        state = load_tensors(weights, dev, sha256=sha)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

@@ -6,8 +6,10 @@ safetensors file of tensors and a JSON skeleton that refers to them by key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,51 @@ from safetensors.torch import save as st_save
 
 from fgm_core.errors import FGMError
 
-FORMAT_VERSION = 1  # bump when run directories change incompatibly
+FORMAT_VERSION = 2  # bump when run directories change incompatibly (2: sha256 of weights and checkpoints)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+def confined_file(folder: Path, name: Any, source: Path | str) -> Path:
+    """``folder / name`` for a file name read from a file (``source``) inside ``folder``.
+
+    Files that come with a run or an export are data that anyone may have edited, so a name
+    read from them is refused (one FGMError naming ``source``) unless it stays inside
+    ``folder``: no absolute path, no ``..``, no symbolic link at any level below ``folder``,
+    and the target, when it exists, is a regular file. ``folder`` itself was named by the
+    user and may be a link.
+    """
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        raise FGMError(f"{source} names the file {name!r}, which is not a plain relative file name",
+                       "restore the file, or re-create the folder with fgm")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or any(p in ("..", ".") for p in parts) or name != "/".join(parts):
+        raise FGMError(f"{source} names the file {name!r}, outside {folder}",
+                       "fgm reads only files inside the folder; restore the file, or re-create the folder with fgm")
+    path = Path(folder)
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise FGMError(f"{path} is a symbolic link; fgm reads only plain files inside {folder}",
+                           "replace the link by a copy of the file")
+    if path.exists() and not path.is_file():
+        raise FGMError(f"{path} is not a regular file", "restore it from the folder's original copy")
+    return path
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sha256(path: Path, data: bytes, expected: str | None) -> bytes:
+    """``data`` (read from ``path``) when its sha256 is ``expected``; ``None``: not checked."""
+    if expected is not None and sha256_hex(data) != expected:
+        raise FGMError(f"{path} does not match the sha256 recorded for it (it was changed or replaced "
+                       "after fgm wrote it)", "restore the original file, or retrain / re-export")
+    return data
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file;
+    returns the sha256 of ``data`` (hex), for the records that verify it on load."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,35 +78,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return sha256_hex(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str) -> str:
+    return atomic_write_bytes(path, text.encode())
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(path: Path, obj: Any) -> str:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, sha256: str | None = None) -> Any:
+    """Parse a JSON file; ``sha256``: refuse it unless its bytes have this hash."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(check_sha256(path, path.read_bytes(), sha256))
     except FileNotFoundError:
         raise FGMError(f"{path} not found", "is this an fgm run or export directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FGMError(f"{path} is corrupt (not valid JSON: {e})", "restore it or retrain") from None
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write a safetensors file atomically; returns its sha256."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata=metadata))
+    return atomic_write_bytes(path, st_save(clean, metadata=metadata))
 
 
-def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, device: str | torch.device = "cpu", sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; ``sha256``: refuse it unless its bytes have this hash."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = check_sha256(path, path.read_bytes(), sha256)
     except FileNotFoundError:
         raise FGMError(f"weights file {path} not found", "the run directory is incomplete") from None
     try:
@@ -108,3 +154,93 @@ def _key(k: Any) -> Any:
 
 def _unkey(k: Any) -> Any:
     return k["int"] if isinstance(k, dict) else k
+
+
+# --------------------------------------------------------------------------- export directories
+#: every export directory holds this manifest; ``exporter`` names its exporter plugin and
+#: ``files`` maps every other file in the directory to its sha256 (written by :func:`seal_export`)
+MANIFEST = "manifest.json"
+
+
+def _entries(folder: Path) -> list[str]:
+    """Relative names of everything below ``folder`` but directories (links to them included)."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        for n in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            out.append(Path(root, n).relative_to(folder).as_posix())
+    return sorted(out)
+
+
+def export_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not exactly an fgm export, or ``None`` when it is: its manifest lists
+    every other file in it, each with the sha256 it still has."""
+    manifest = Path(folder) / MANIFEST
+    try:
+        m = None if manifest.is_symlink() else json.loads(manifest.read_bytes())
+    except (OSError, ValueError):
+        m = None
+    files = m.get("files") if isinstance(m, dict) else None
+    if not isinstance(files, dict) or not isinstance(m.get("exporter"), str):
+        return f"it has no fgm {MANIFEST}"
+    extra = [n for n in _entries(folder) if n not in files and n != MANIFEST]
+    if extra:
+        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+    for name, sha in files.items():
+        try:
+            path = confined_file(folder, name, manifest)
+            if sha256_hex(path.read_bytes()) != sha:
+                return f"{name} was changed after fgm wrote it"
+        except (FGMError, OSError):
+            return f"{name}, listed in its {MANIFEST}, is missing or not a plain file"
+    return None
+
+
+def check_export_target(out: Path) -> None:
+    """Refuse an export destination unless it is absent, empty, or exactly an fgm export:
+    fgm never deletes or overwrites files it did not write."""
+    if out.is_symlink():
+        raise FGMError(f"export directory {out} is a symbolic link", "give the real directory, or another -o")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FGMError(f"{out} exists and is not a directory", "choose another -o directory")
+    why = export_problem(out) if any(out.iterdir()) else None
+    if why:
+        raise FGMError(f"{out} exists and is not an fgm export: {why}",
+                       "fgm replaces only a folder it wrote itself; choose another -o directory or move the files away")
+
+
+def seal_export(folder: Path, manifest: dict[str, Any], exporter: str) -> dict[str, Any]:
+    """Record the sha256 of every file an exporter wrote into ``folder`` in its manifest
+    (the exporter's own ``manifest.json`` when it wrote one, else ``manifest``)."""
+    path = folder / MANIFEST
+    if path.exists():
+        manifest = read_json(path)
+        if not isinstance(manifest, dict):
+            raise FGMError(f"exporter {exporter!r} wrote a {MANIFEST} that is not a JSON object",
+                           "report it to the exporter plugin's author")
+    files = {}
+    for name in _entries(folder):
+        if name != MANIFEST:
+            files[name] = sha256_hex(confined_file(folder, name, f"exporter {exporter!r}").read_bytes())
+    manifest = {**manifest, "exporter": manifest.get("exporter", exporter), "files": files}
+    write_json(path, manifest)
+    return manifest
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the finished directory ``new`` to ``out``, replacing what is there (checked by
+    :func:`check_export_target` just before); the old one is removed only once ``new`` is in place."""
+    check_export_target(out)
+    if not out.exists():
+        new.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        new.rename(out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -29,8 +29,11 @@ from fgm_core.errors import FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
+    FORMAT_VERSION, confined_file, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
 )
+
+#: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
+CHECKPOINT_PARTS = ("model.safetensors", "state.safetensors", "state.json")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -302,8 +305,12 @@ class Trainer:
         """Final weights at the top of the run directory, plus a summary and a sample plot."""
         from fgm_core.run import Run
 
-        save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
-                     metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)})
+        # fgm.json records the weights' sha256; until both are written it records none, so a
+        # crash in between leaves a run that loads from its (identical) last checkpoint
+        write_json(self.run_dir / "fgm.json", self._identity())
+        sha = save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
+                           metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)})
+        write_json(self.run_dir / "fgm.json", {**self._identity(), "sha256": {"model.safetensors": sha}})
         run = Run(self.run_dir, self.cfg, self.model, self.info, self.plugins.resolved())
         summary = run.quick_evaluation(self.bundle)
         write_json(self.run_dir / "summary.json", summary)
@@ -345,10 +352,14 @@ class Trainer:
                 self.run_dir = base.with_name(f"{base.name}-{i}")
                 i += 1
 
+    @staticmethod
+    def _identity() -> dict[str, Any]:
+        """What ``fgm.json`` says about every run directory (the weights' sha256 comes on top)."""
+        return {"format_version": FORMAT_VERSION, "fgm_version": __version__, "kind": "run"}
+
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "fgm.json", {"format_version": FORMAT_VERSION, "fgm_version": __version__,
-                                               "kind": "run"})
+        write_json(self.run_dir / "fgm.json", self._identity())
         (self.run_dir / "config.toml").write_text(dump_toml(self.cfg))
         write_json(self.run_dir / "config.json", self.cfg.to_dict())
         write_json(self.run_dir / "plugins.json", self.plugins.resolved())
@@ -366,30 +377,28 @@ class Trainer:
     def _write_checkpoint(self) -> None:
         ck = self.run_dir / "checkpoints"
         tag = f"step-{self.step:08d}"
-        save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())
+        sha = {"model.safetensors": save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())}
         tensors: dict[str, Tensor] = {}
         skeleton = split_state({
             "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
             "sched": [s.state_dict() for s in self.sched],
             "gen": self.gen.get_state(), "perm": self._perm,
         }, "s", tensors)
-        save_tensors(ck / f"{tag}.state.safetensors", tensors)
-        write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step, "epoch": self.epoch,
-                                               "pos": self.pos})
+        sha["state.safetensors"] = save_tensors(ck / f"{tag}.state.safetensors", tensors)
+        sha["state.json"] = write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step,
+                                                                   "epoch": self.epoch, "pos": self.pos})
         prev = self.last_checkpoint
-        write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION})
+        write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION,
+                                                      "sha256": sha})
         if prev is not None and prev != self.step:  # keep only the newest complete checkpoint
             for f in ck.glob(f"step-{prev:08d}.*"):
                 f.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> None:
-        ptr = read_json(self.run_dir / "checkpoint.json")
-        check_format(ptr, self.run_dir / "checkpoint.json")
-        ck = self.run_dir / "checkpoints"
-        tag = ptr["tag"]
-        self.model.load_state_dict(load_tensors(ck / f"{tag}.model.safetensors", self.device))
-        meta = read_json(ck / f"{tag}.state.json")
-        state = join_state(meta["skeleton"], load_tensors(ck / f"{tag}.state.safetensors"))
+        (model, model_sha), (state_file, state_sha), (meta_file, meta_sha) = checkpoint_files(self.run_dir).values()
+        self.model.load_state_dict(load_tensors(model, self.device, sha256=model_sha))
+        meta = read_json(meta_file, sha256=meta_sha)
+        state = join_state(meta["skeleton"], load_tensors(state_file, sha256=state_sha))
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_c.load_state_dict(state["opt_c"])
         for s, sd in zip(self.sched, state["sched"]):
@@ -400,7 +409,22 @@ class Trainer:
         self.last_checkpoint = self.step
 
 
-def check_format(meta: dict[str, Any], where: Path) -> None:
+def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Path and recorded sha256 of each file of the checkpoint ``checkpoint.json`` points at,
+    confined to the run directory (its tag is data: ``../x`` or a link is refused)."""
+    where = run_dir / "checkpoint.json"
+    ptr = read_json(confined_file(run_dir, "checkpoint.json", run_dir))
+    check_format(ptr, where)
+    tag, sha = ptr.get("tag"), ptr.get("sha256")
+    if not isinstance(tag, str) or not isinstance(sha, dict) or not all(isinstance(sha.get(p), str)
+                                                                        for p in CHECKPOINT_PARTS):
+        raise FGMError(f"{where} lacks the checkpoint's tag or the sha256 of its files", "restore it, or retrain")
+    return {p: (confined_file(run_dir, f"checkpoints/{tag}.{p}", where), sha[p]) for p in CHECKPOINT_PARTS}
+
+
+def check_format(meta: Any, where: Path) -> None:
+    if not isinstance(meta, dict):
+        raise FGMError(f"{where} is not a JSON object", "restore it, or retrain")
     v = meta.get("format_version")
     if v != FORMAT_VERSION:
         raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",

@@ -8,6 +8,7 @@ directories, clear errors on bad input, and the Node.js example.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -126,7 +127,7 @@ def test_export_every_architecture_and_critic(name, exports):
     roles = [g["role"] for g in manifest["graphs"]]
     want = ["generator", "encoder", "density"] + (["likelihood"] if model.generator == "gaussian" else [])
     assert roles == (want if CASES[name][-1] is None else CASES[name][-1])
-    assert manifest["exporter"] == "onnx" and manifest["format_version"] == 1
+    assert manifest["exporter"] == "onnx" and manifest["format_version"] == E.FORMAT_VERSION == 2
     assert manifest["opset"] == E.DEFAULT_OPSET and manifest["export_seconds"] > 0
     assert manifest["critic"] == model.critic_form and manifest["generator"] == model.generator
     assert manifest["latent_dim"] == 3 and manifest["data_shape"] == list(run.info.shape)
@@ -402,6 +403,11 @@ def test_runtime_rejects_what_is_not_an_fgm_export(exports, tmp_path, capsys):
     del proto.metadata_props[:]
     onnx.save(proto, str(stripped / "encoder.onnx"))
     (stripped / "generator.onnx").write_bytes(b"not a graph")
+    with pytest.raises(FGMRuntimeError, match="encoder.onnx does not match the sha256"):
+        OnnxRuntimeModel(stripped, device="cpu").encode(np.zeros((1, 2)))
+    m = json.loads((stripped / "manifest.json").read_text())  # past the sha256 check: the graph checks
+    m["files"] = {n: hashlib.sha256((stripped / n).read_bytes()).hexdigest() for n in m["files"]}
+    (stripped / "manifest.json").write_text(json.dumps(m))
     rt = OnnxRuntimeModel(stripped, device="cpu")
     with pytest.raises(FGMRuntimeError, match="not an fgm encoder graph"):
         rt.encode(np.zeros((1, 2)))

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from fgm_core.components import Networks, unshare_parametrized_classes
 from fgm_core.errors import FGMError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the manifest's format; fgm_onnx.runtime.FORMAT_VERSION reads it
 DEFAULT_OPSET = 18
 PARITY_BATCHES = (1, 2, 7, 64)
 PARITY_K = (1, 3, 5, 4)  # K used with each parity batch size (dynamic K is exercised too)
@@ -257,7 +257,7 @@ def export_copies(run: Any) -> tuple[nn.Module, nn.Module]:
 
     src = run.model
     name = run.config.model.architecture
-    arch = get_plugins(near=run.path).get("architectures", name).factory()
+    arch = get_plugins().get("architectures", name).factory()
     own = copy.deepcopy(Networks(src.encoder, src.decoder, src.critic))
     for net in (own.encoder, own.decoder, own.critic):
         unshare_parametrized_classes(net)

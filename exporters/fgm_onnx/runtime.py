@@ -17,6 +17,7 @@ one-line message and a hint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.json records the sha256 of every file ("files")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 ROLES = ("generator", "encoder", "density", "likelihood")
@@ -76,6 +77,7 @@ class _Graph:
     path: Path
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    sha256: str = ""
     session: Any = None
     meta: dict[str, str] = field(default_factory=dict)
 
@@ -159,27 +161,50 @@ class OnnxRuntimeModel:
             self.critic_form = str(m["critic"])
             self.generator = str(m["generator"])
             self.divergence = m.get("divergence")
-            self.graphs = {g["role"]: _Graph(g["role"], self.path / g["file"], g["inputs"], g["outputs"])
-                           for g in m["graphs"]}
+            files = m["files"]
+            self.graphs = {g["role"]: _Graph(g["role"], self._top_file(g["file"], "graph file"), g["inputs"], g["outputs"],
+                                             str(files[g["file"]])) for g in m["graphs"]}
         except (KeyError, TypeError, ValueError) as e:
             raise FGMRuntimeError(f"{self.path / 'manifest.json'} is missing or has a bad field ({e!r})",
                                   "re-export the run with `fgm export --onnx`") from None
-        for g in self.graphs.values():
-            if not g.path.is_file():
-                raise FGMRuntimeError(f"graph file {g.path} listed in the manifest is missing",
-                                      "copy the whole export directory, or re-export")
         self.provider: str | None = None  # set by the first session
         self.device_message = ""
         self._providers: list[Any] | None = None
 
     # ------------------------------------------------------------------ loading
+    def _top_file(self, name: Any, what: str) -> Path:
+        """``name`` read from the manifest (or the manifest's own name): a plain file at the top
+        of the export directory. The manifest is data: an absolute name, ``..`` or a symbolic
+        link is refused (the runtime's form of ``fgm_core.storage.confined_file``, which it
+        cannot import without torch)."""
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name or "\0" in name:
+            raise FGMRuntimeError(f"{self.path / 'manifest.json'} names the {what} {name!r}, outside {self.path}",
+                                  "graph files lie at the top of the export directory; re-export the run")
+        path = self.path / name
+        if path.is_symlink():
+            raise FGMRuntimeError(f"{path} is a symbolic link; the runtime reads only plain files inside {self.path}",
+                                  "replace the link by a copy of the file")
+        if not path.is_file():
+            raise FGMRuntimeError(f"{what} {path} is missing or not a plain file",
+                                  "copy the whole export directory, or re-export the run")
+        return path
+
+    def _graph_bytes(self, g: _Graph) -> bytes:
+        """The graph's file, refused unless its sha256 is the one the manifest records."""
+        data = g.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != g.sha256:
+            raise FGMRuntimeError(f"{g.path} does not match the sha256 recorded in manifest.json (it was changed "
+                                  "or replaced after the export)", "restore the original file, or re-export the run")
+        return data
+
     def _read_manifest(self) -> dict[str, Any]:
         path = self.path / "manifest.json"
         if not self.path.is_dir():
             raise FGMRuntimeError(f"export directory {self.path} not found", "give the directory `fgm export` wrote")
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise FGMRuntimeError(f"{self.path} has no manifest.json, so it is not an fgm export",
                                   "give the directory `fgm export --onnx` wrote")
+        self._top_file(path.name, "manifest")
         try:
             m = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -191,8 +216,9 @@ class OnnxRuntimeModel:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise FGMRuntimeError(f"{path} has export format version {version!r}; this runtime reads version "
                                   f"{FORMAT_VERSION}", "upgrade fgm (the runtime) or re-export with this version")
-        if version < 1:
-            raise FGMRuntimeError(f"{path} has unknown export format version {version!r}", "re-export the run")
+        if version < FORMAT_VERSION:
+            raise FGMRuntimeError(f"{path} has export format version {version!r}, older than this runtime's "
+                                  f"{FORMAT_VERSION} (no sha256 record of its files)", "re-export the run with this fgm")
         return m
 
     @property
@@ -209,14 +235,15 @@ class OnnxRuntimeModel:
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return opts
 
-    def _new_session(self, path: Path) -> Any:
-        """A session on the chosen provider; decides the provider on the first call."""
+    def _new_session(self, graph: bytes) -> Any:
+        """A session on the chosen provider (``graph``: the checked bytes of an ONNX file);
+        decides the provider on the first call."""
         if self._providers is not None:
-            return ort.InferenceSession(str(path), self._options(), providers=self._providers)
+            return ort.InferenceSession(graph, self._options(), providers=self._providers)
         cuda = [(CUDA, {"device_id": self.device_id}), CPU]
         available = ort.get_available_providers()
         if self.device == "cpu" or (self.device == "auto" and CUDA not in available):
-            sess = ort.InferenceSession(str(path), self._options(), providers=[CPU])
+            sess = ort.InferenceSession(graph, self._options(), providers=[CPU])
             why = "" if self.device == "cpu" else " (this onnxruntime has no CUDA execution provider)"
             self._settle(sess, [CPU], f"onnxruntime: running on {CPU}{why}")
             return sess
@@ -224,7 +251,7 @@ class OnnxRuntimeModel:
             raise FGMRuntimeError(f"device cuda: this onnxruntime build has no {CUDA} (available: {', '.join(available)})",
                                   "install onnxruntime-gpu, or use --device cpu/auto")
         with _capture_stderr() as log:
-            sess = ort.InferenceSession(str(path), self._options(), providers=cuda)
+            sess = ort.InferenceSession(graph, self._options(), providers=cuda)
         active = sess.get_providers()[0]
         if active == CUDA:
             self._settle(sess, cuda, f"onnxruntime: running on {CUDA} (device {self.device_id})")
@@ -250,7 +277,7 @@ class OnnxRuntimeModel:
                                   f"graphs here: {', '.join(self.graphs) or 'none'}")
         if g.session is None:
             try:
-                sess = self._new_session(g.path)
+                sess = self._new_session(self._graph_bytes(g))
             except FGMRuntimeError:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
