@@ -451,6 +451,31 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
+@cli.command("tune")
+@click.argument("search", type=click.Path(path_type=Path))
+@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
+@click.option("--trials", type=int, default=None, help="Finished trials wanted in the study (default: tune.trials).")
+@click.option("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db).")
+@click.option("--study-name", default=None, help="Study name (default: the search file's name); reuse it to resume.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("tune"), show_default=True,
+              help="Output directory: best.toml, history.png, trials.json, runs/.")
+@click.pass_obj
+def tune_cmd(obj: Ctx, search: Path, config, sets, trials: int | None, storage: str | None, study_name: str | None,
+             out: Path) -> None:
+    """Search the run configuration with Optuna over the space in SEARCH (TOML); resumable."""
+    from fgm_core.tune import tune
+
+    if trials is not None and trials < 1:
+        raise FGMError(f"--trials must be at least 1, got {trials}", "use --trials 1 or more")
+    obj.plugins()
+    res = tune(search, out, config=config, overrides=list(sets), storage=storage, study_name=study_name,
+               trials=trials, echo=click.echo)
+    click.echo(f"best trial {res['best_trial']}: objective {res['best_value']:.4g} with {res['best_params']} "
+               f"({res['complete']} complete, {res['pruned']} pruned of {res['trials']})")
+    click.echo(f"wrote {res['best_toml']} (train it: fgm train -c {res['best_toml']}) and {res['history_png']}")
+
+
 # --------------------------------------------------------------------------- entry point
 _argv: list[str] | None = None  # the command line main() runs (what `train --nproc` re-runs)
 

@@ -78,6 +78,10 @@ class CriticConfig(_Section):
     generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
+    #: density critic: weight of the self-normalising term E_pD[l] - integral of exp(l) in the
+    #: critic's objective (same maximiser as J, l = log p_D; anchors l where the model has no
+    #: mass). Its proposal is a kernel density of the batch: meant for low-dimensional data.
+    self_normalise: float = Field(0.0, ge=0.0)
 
 
 class OptimConfig(_Section):

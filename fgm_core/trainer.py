@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -194,6 +194,8 @@ class Trainer:
                 out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
             if self.cfg.critic.gradient_penalty > 0:
                 out["gp"] = torch.rand(b, **kw)
+            if self.model.self_normalise > 0:
+                out["ref"] = torch.randn(b, *self.info.shape, **kw)
         if self.world > 1:
             out = {k: v.view(self.world, -1, *v.shape[1:])[self.rank] for k, v in out.items()}
         return out
@@ -204,8 +206,11 @@ class Trainer:
         return nullcontext()
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: bool | None = None) -> Path:
-        """Train to ``run.steps``, checkpointing atomically; returns the run directory."""
+    def fit(self, progress: bool | None = None, on_step: Callable[[Trainer], None] | None = None) -> Path:
+        """Train to ``run.steps``, checkpointing atomically; returns the run directory.
+
+        ``on_step(trainer)`` runs after every step (e.g. ``fgm tune``'s periodic evaluation
+        and pruning); an exception it raises stops training like any other."""
         cfg = self.cfg
         created = not self.run_dir.exists()
         if self.resume:
@@ -263,6 +268,8 @@ class Trainer:
                     totals, count = {}, 0
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save_checkpoint()
+                if on_step is not None:
+                    on_step(self)
         except NonFiniteLoss as e:
             bar.close()
             logger.close()
