@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from fgm_core import __version__
-from fgm_core.errors import FGMError
+from fgm_core.errors import FGMError, Interrupted
 
 
 class Ctx:
@@ -40,7 +40,19 @@ def _warn_once(msg: str) -> None:
         click.echo(f"fgm: warning: {msg} (skipped; see `fgm plugins`)", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Stopped(Exception):
+    """Carries an :class:`Interrupted` past click, which turns every KeyboardInterrupt into "Abort"."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Interrupted as e:
+            raise _Stopped(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="fgm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--strict-plugins", is_flag=True, envvar="FGM_STRICT_PLUGINS",
@@ -220,17 +232,23 @@ def _open(path: Path, device: str):
 
 
 def _read_array(path: Path):
+    import io
     import zipfile
 
     import numpy as np
 
+    from fgm_core.storage import MAX_DATA_BYTES, read_input
+
     try:
+        if path.suffix not in (".npy", ".csv", ".npz"):
+            raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
+        raw = io.BytesIO(read_input(path, "data file", MAX_DATA_BYTES))
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(raw, allow_pickle=False)
         if path.suffix == ".csv":
-            return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+            return np.loadtxt(io.TextIOWrapper(raw), delimiter=",", dtype=np.float32, ndmin=2)
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(raw, allow_pickle=False) as z:
                 if not z.files:
                     raise FGMError(f"{path} holds no arrays", "save the data with np.savez(path, x)")
                 return z[z.files[0]]
@@ -240,7 +258,6 @@ def _read_array(path: Path):
         raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
-    raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
 
 
 def _write_array(arr, out: Path | None, header: str) -> None:
@@ -280,7 +297,13 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: 
 
     if out.suffix not in (".npy", ".png"):
         raise FGMError(f"unsupported output {out.name}", "use -o samples.npy or -o samples.png")
+    from fgm_core.run import check_result_size
+
+    if n < 1:
+        raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
     model = _open(run_dir, device)
+    check_result_size(n, model.info.dims, f"-n {n} samples of {model.info.dims} values",
+                      "use a smaller -n; several calls with different --seed add up")
     x = model.sample(n, seed=seed, noise=not mean)
     x = np.asarray(x)
     if out.suffix == ".npy":
@@ -320,6 +343,9 @@ def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None
     """Per-row model log-likelihood of DATA, in nats (importance-sampled, K=k)."""
     import numpy as np
 
+    from fgm_core.run import check_k
+
+    check_k(k)
     model = _open(run_dir, device)
     x = _read_array(data)
     ll = np.asarray(model.log_likelihood(x, k=k, seed=seed))
@@ -501,6 +527,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"fgm: error: {e}", err=True)
         raise SystemExit(1) from None
+    except _Stopped as s:  # SIGINT / SIGTERM honoured: one line, exit 128 + the signal (130, 143)
+        e = s.args[0]
+        click.echo(f"fgm: {e}", err=True)
+        raise SystemExit(128 + e.signum) from None
     except KeyboardInterrupt:
         click.echo("fgm: interrupted", err=True)
         raise SystemExit(130) from None

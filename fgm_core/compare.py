@@ -8,6 +8,7 @@ import html
 import json
 import math
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fgm_core.errors import FGMError
+from fgm_core.errors import FGMError, Interrupted
 
 #: (key, header, format, scale) of the table columns, in order; missing keys are skipped.
 COLUMNS = [
@@ -84,6 +85,8 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
         bar = tqdm(total=len(jobs), file=sys.stderr, unit="run", dynamic_ncols=True, desc="compare")
     bundles: dict[int, Any] = {}
     t_all = time.perf_counter()
+    stop: tuple[int, str] | None = None  # (signal, what happened) once interrupted
+    old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         for d, c, s in jobs:
             name = f"{d}-{c}-s{s}"
@@ -96,13 +99,16 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
                 ov.append(f"run.threads={threads}")
             row: dict[str, Any] = {"divergence": d, "critic": c, "seed": s, "run": str(runs_dir / name)}
             t0 = time.perf_counter()
+            trained, planned = False, base_cfg.run.steps
             try:
                 import shutil
 
                 if (runs_dir / name).exists():
                     shutil.rmtree(runs_dir / name)
                 cfg, _ = resolve_config(base_cfg.to_dict(), ov, plugins=plugins)
+                planned = cfg.run.steps
                 run = train(cfg, plugins=plugins, progress=False)
+                trained = True
                 row["train_seconds"] = time.perf_counter() - t0
                 if bar is not None:
                     bar.set_postfix_str(f"{name} evaluating")
@@ -113,20 +119,58 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
                 row["steps"] = cfg.run.steps
             except FGMError as e:
                 row["error"] = str(e)
+            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: this run is incomplete, no further runs
+                signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+                done = planned if trained else _checkpoint_step(runs_dir / name)
+                what = "during evaluation" if trained else f"after {done} of {planned} steps"
+                row.update(incomplete=True, steps_trained=done, steps_planned=planned,
+                           error=f"interrupted ({signal.Signals(signum).name}) {what}; not evaluated")
+                stop = (signum, f"in run {name} {what}")
             row["wall_seconds"] = time.perf_counter() - t0
             results.append(row)
             (out / "results.partial.json").write_text(json.dumps(results, indent=1, default=str))
             if bar is not None:
                 bar.update(1)
+            if stop is not None:
+                break
     finally:
         if bar is not None:
             bar.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     summary = {"divergences": divergences, "critics": critics, "seeds": seeds, "config": base_cfg.to_dict(),
                "total_seconds": time.perf_counter() - t_all, "runs": results}
+    if stop is not None:
+        finished = sum("error" not in r for r in results)
+        summary["interrupted"] = {"signal": signal.Signals(stop[0]).name, "where": stop[1], "runs_planned": len(jobs),
+                                  "runs_finished": finished,
+                                  "not_run": [f"{d}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
     (out / "results.json").write_text(json.dumps(summary, default=str))
     (out / "results.partial.json").unlink(missing_ok=True)
     write_report(summary, out)
+    if stop is not None:
+        raise Interrupted(f"compare interrupted ({signal.Signals(stop[0]).name}) {stop[1]}; {finished} of {len(jobs)} "
+                          f"runs finished, the report covers those: {out / 'report.md'}", stop[0])
     return summary
+
+
+def _sigterm(signum, frame) -> None:  # noqa: ARG001
+    """Outside training (which checkpoints first), SIGTERM stops a compare like Ctrl-C."""
+    raise Interrupted("terminated (SIGTERM)", signum)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _checkpoint_step(run: Path) -> int:
+    """The steps an interrupted run really trained: its last checkpoint (0 without one)."""
+    try:
+        return int(json.loads((run / "checkpoint.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def aggregate(summary: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]]]:
@@ -139,7 +183,10 @@ def aggregate(summary: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, 
     labels, cells = [], []
     for label, rows in groups.items():
         ok = [r for r in rows if "error" not in r]
-        labels.append(label if len(ok) == len(rows) else f"{label} ({len(rows) - len(ok)} failed)")
+        failed = sum("error" in r and not r.get("incomplete") for r in rows)
+        cut = sum(bool(r.get("incomplete")) for r in rows)
+        notes = [f"{n} {w}" for n, w in ((failed, "failed"), (cut, "incomplete")) if n]
+        labels.append(f"{label} ({', '.join(notes)})" if notes else label)
         line = []
         for key, _, fmt, scale in used:
             vals = [r[key] * scale for r in ok if r.get(key) is not None and math.isfinite(float(r[key]))]
@@ -219,9 +266,17 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
                 f"seed {r['seed']}: {what}")
     if collapsed:
         md += ["## Collapsed modes (detector)", ""] + [f"- {k_}: " + "; ".join(v) for k_, v in collapsed.items()] + [""]
+    stopped = summary.get("interrupted")
+    if stopped:
+        md[2:2] = [f"**Interrupted ({stopped['signal']}) {stopped['where']}: {stopped['runs_finished']} of "
+                   f"{stopped['runs_planned']} planned runs finished; only those have numbers in the table.**", ""]
     if errors:
-        md += ["## Failed runs", ""] + [f"- {r['divergence']} / {r['critic']} seed {r['seed']}: {r['error']}"
-                                        for r in errors] + [""]
+        md += ["## Failed or incomplete runs", ""] + [
+            f"- {r['divergence']} / {r['critic']} seed {r['seed']}: {r['error']}"
+            + (f" (trained {r['steps_trained']} of {r['steps_planned']} steps)" if r.get("incomplete") else "")
+            for r in errors] + [""]
+    if stopped and stopped["not_run"]:
+        md += ["## Not run (interrupted before they started)", "", *[f"- {n}" for n in stopped["not_run"]], ""]
     for title, p in figs:
         md += [f"## {title}", "", f"![{title}]({p.name})", ""]
     (out / "report.md").write_text("\n".join(md))

@@ -194,7 +194,9 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def load_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(Path(path).read_text())
+        from fgm_core.storage import MAX_JSON_BYTES, read_input
+
+        return tomllib.loads(read_input(Path(path), "config file", MAX_JSON_BYTES).decode())
     except FileNotFoundError:
         raise FGMError(f"config file {path} not found", "check the path given to --config") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -295,3 +297,37 @@ def _to_toml(d: dict[str, Any], prefix: str = "") -> str:
         sub = _to_toml(v, f"{prefix}.{k}" if prefix else k)
         out += ("\n" if out else "") + sub
     return out
+
+
+# --------------------------------------------------------------------------- resuming
+#: What ``fgm train --resume RUN --set KEY=VALUE`` may change: the length of the run, the
+#: learning rates and their schedule, how often it logs and checkpoints, and where and how
+#: fast it computes. Everything else (data, networks, latent size, divergence, critic,
+#: optimiser type, batch size, seed) defines what the checkpoint holds and is refused.
+RESUMABLE = frozenset({
+    "run.steps", "run.checkpoint_every", "run.log_every", "run.eval_samples", "run.threads", "run.progress",
+    "run.tensorboard", "run.device",
+    "optim.lr", "optim.critic_lr", "optim.sigma_lr_scale", "optim.schedule", "optim.warmup_steps", "optim.grad_clip",
+})
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(old: FGMConfig, new: FGMConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings a resume changes, ``{key: (old, new)}``; an :class:`FGMError` naming the
+    first key outside :data:`RESUMABLE` that differs."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    for key, (was, now) in changed.items():
+        if key not in RESUMABLE:
+            raise FGMError(f"cannot change {key} when resuming (the run has {was!r}, the command line {now!r})",
+                           f"a resume may change only {', '.join(sorted(RESUMABLE))}; start a new run for the rest")
+    return changed

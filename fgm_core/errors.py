@@ -35,3 +35,18 @@ def unknown_name(kind: str, name: str, available: Iterable[str]) -> FGMError:
         f"unknown {kind} {name!r}",
         f"{hint}available: {', '.join(names) or 'none'}; see `fgm plugins`",
     )
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop request (SIGINT / Ctrl-C or SIGTERM) that was honoured: ``step`` is the step of
+    the checkpoint written at the stop (None: aborted by a second signal before it). The CLI
+    prints the message and exits with 128 + ``signum`` (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int, step: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.signum = signum
+        self.step = step
+
+    def __str__(self) -> str:
+        return self.message

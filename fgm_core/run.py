@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,46 @@ from fgm_core.errors import FGMError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet, get_plugins
 from fgm_core.storage import confined_file, load_tensors, read_json
+
+
+#: Most importance samples per row: the estimate's error falls as 1/sqrt(K), so beyond this
+#: only the cost grows (a million network evaluations per row).
+MAX_K = 1_000_000
+#: Most network rows (data rows x K) in one call on vectors; calls on images take 512.
+MAX_CALL_ROWS = 65_536
+
+
+def memory_available() -> int:
+    """Bytes of memory available now (Linux: MemAvailable; elsewhere: free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_result_size(rows: int, values_per_row: int, what: str, hint: str) -> None:
+    """Refuse a result that would not fit: float32 rows, counted twice (the pieces and the
+    joined array), must stay within half the memory available now."""
+    need = 2 * 4 * rows * max(1, values_per_row)
+    budget = memory_available() // 2
+    if need > budget:
+        raise FGMError(f"{what} needs about {need / 2**30:.3g} GiB of memory, more than half of the "
+                       f"{2 * budget / 2**30:.3g} GiB available", hint)
+
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise FGMError(f"k must be positive, got {k}", "use k >= 1")
+    if k > MAX_K:
+        raise FGMError(f"k = {k} importance samples per row is more than the {MAX_K:,} fgm takes "
+                       "(the estimate's error falls as 1/sqrt(K); beyond that only the cost grows)",
+                       f"use -k {MAX_K} or fewer")
 
 
 class Run:
@@ -109,13 +150,16 @@ class Run:
         """Data rows per network call: ``vector_rows`` for vectors; for images 512 network rows
         (``per_row`` each), since conv activations and transposed-conv buffers are large
         (10,000 DCGAN samples took 1,080 MB at 4096 rows a call)."""
-        return vector_rows if len(self.info.shape) == 1 else max(1, 512 // per_row)
+        if len(self.info.shape) == 1:
+            return max(1, min(vector_rows, MAX_CALL_ROWS // per_row))
+        return max(1, 512 // per_row)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, noise: bool = True, batch: int | None = None) -> Tensor:
         """``n`` samples in data units (``noise=False``: the generator means)."""
         if n < 1:
             raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
+        check_result_size(n, self.info.dims, f"{n} samples of {self.info.dims} values", "draw fewer samples at a time")
         batch = batch or self._rows(4096)
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []
@@ -135,16 +179,24 @@ class Run:
     @torch.no_grad()
     def log_likelihood(self, x: Any, k: int = 100, seed: int = 0, batch: int | None = None) -> Tensor:
         """Importance-sampled log p(x) per row, nats, in data units (K = ``k`` samples)."""
-        if k < 1:
-            raise FGMError(f"k must be positive, got {k}", "use k >= 1")
+        check_k(k)
         batch = batch or self._rows(512, k)
         xm = self.as_model_input(x)
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []
+        chunk = MAX_CALL_ROWS if len(self.info.shape) == 1 else 512  # most samples of one row per call
         for i in range(0, xm.shape[0], batch):
             xb = xm[i:i + batch]
-            eps = torch.randn(k, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)
-            out.append(self.model.log_likelihood(xb, eps))
+            if k <= chunk:
+                eps = torch.randn(k, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)
+                out.append(self.model.log_likelihood(xb, eps))
+                continue
+            parts = []  # K in pieces: log mean w = logsumexp_j(log mean_j w + log K_j) - log K
+            for j in range(0, k, chunk):
+                kj = min(chunk, k - j)
+                eps = torch.randn(kj, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)
+                parts.append(self.model.log_likelihood(xb, eps) + math.log(kj))
+            out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
         return torch.cat(out).cpu() + self.info.scaling.log_det(self.info.dims)
 
     @torch.no_grad()

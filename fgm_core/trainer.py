@@ -6,6 +6,7 @@ encoder/generator updates, and makes runs reproducible and resumable bit for bit
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,12 +25,13 @@ from fgm_core import __version__
 from fgm_core import distributed as dist
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
-from fgm_core.config import FGMConfig, dump_toml
-from fgm_core.errors import FGMError, PluginError
+from fgm_core.config import FGMConfig, dump_toml, resume_changes, validate
+from fgm_core.errors import FGMError, Interrupted, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, confined_file, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
+    FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
+    lock_run_dir, never_checkpointed, read_json, save_tensors, split_state, truncate_rows, write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -80,6 +82,11 @@ class Trainer:
                  resume: bool = False, bundle: DataBundle | None = None) -> None:
         self.cfg = cfg
         self.plugins = plugins
+        #: what this resume changes, {key: (old, new)}; checked before any work (allowlist in config.py)
+        self.changes = {}
+        if resume:
+            where = Path(run_dir) / "config.json"
+            self.changes = resume_changes(validate(read_json(where), str(where)), cfg)
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -124,8 +131,10 @@ class Trainer:
         self.epoch = 0
         self.pos = 0
         self._perm: Tensor | None = None
-        self._stop = False
+        self._stop = 0  # the number of the signal that asked to stop (0: none)
         self.last_checkpoint: int | None = None
+        self._created = False  # this call created (or took over) the run directory
+        self._lock: RunLock | None = None
 
     # ------------------------------------------------------------------ the training step
     def train_step(self) -> dict[str, Tensor]:
@@ -210,21 +219,28 @@ class Trainer:
         """Train to ``run.steps``, checkpointing atomically; returns the run directory.
 
         ``on_step(trainer)`` runs after every step (e.g. ``fgm tune``'s periodic evaluation
-        and pruning); an exception it raises stops training like any other."""
+        and pruning); an exception it raises stops training like any other.
+        The run directory is locked while this runs. SIGINT (Ctrl-C) or SIGTERM finishes the
+        current step, writes a checkpoint and raises :class:`Interrupted`; a second one aborts.
+        A failure before the first checkpoint removes a run directory this call created."""
         cfg = self.cfg
-        created = not self.run_dir.exists()
-        if self.resume:
-            self.load_checkpoint()
-        else:
-            self._start_run_dir()
-        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0)
-        bar = Progress(cfg.run.steps, self.step,
-                       enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
-        totals: dict[str, Tensor] = {}
-        count = 0
-        t0 = time.perf_counter()
-        old = _install_sigint(self)
+        logger: MetricsLogger | None = None
+        bar: Progress | None = None
+        old = _install_stop(self)
         try:
+            if self.resume:
+                self._on_rank0(self._open_for_resume)
+                self.load_checkpoint()
+                self._apply_optim_settings()
+            else:
+                self._on_rank0(self._start_run_dir)
+            logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
+                                   upto=self.step if self.resume else None)
+            bar = Progress(cfg.run.steps, self.step,
+                           enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
+            totals: dict[str, Tensor] = {}
+            count = 0
+            t0 = time.perf_counter()
             while self.step < cfg.run.steps and not self._stopping():
                 try:
                     stats = self.train_step()
@@ -270,37 +286,54 @@ class Trainer:
                     self.save_checkpoint()
                 if on_step is not None:
                     on_step(self)
-        except NonFiniteLoss as e:
             bar.close()
             logger.close()
-            kept = f"the last good checkpoint is step {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            if self.last_checkpoint is None and created and not self.resume and self.rank == 0:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {kept}",
-                           "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
-        except BaseException:
-            bar.close()
-            logger.close()
-            if self.last_checkpoint is None and created and not self.resume and self.rank == 0:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise
-        finally:
-            signal.signal(signal.SIGINT, old) if old is not None else None
-        bar.close()
-        logger.close()
-        if self.step != self.last_checkpoint:
-            self.save_checkpoint()
-        if not self._stop:
+            if self.step != self.last_checkpoint:
+                self.save_checkpoint()
+            if self._stop:
+                name = signal.Signals(self._stop).name
+                raise Interrupted(f"interrupted ({name}) at step {self.step}; checkpoint written: continue with "
+                                  f"`fgm train --resume {self.run_dir}`", self._stop, self.step)
             if self.rank == 0:
                 self.finish()
             dist.barrier()
-        return self.run_dir
+            return self.run_dir
+        except NonFiniteLoss as e:
+            self._cleanup_failed()
+            raise FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
+                           "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
+        except OSError as e:  # disk full, permissions: name the file and what is kept
+            self._cleanup_failed()
+            what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            raise FGMError(f"{what}; {self._kept()}", "free disk space or fix the permissions, then "
+                           "resume (or rerun) the same command") from None
+        except BaseException:
+            self._cleanup_failed()
+            raise
+        finally:
+            for b in (bar, logger):
+                if b is not None:
+                    b.close()
+            _restore_signals(old)
+            self._unlock()
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written"
+        return (f"the last good checkpoint is step {self.last_checkpoint} (`fgm train --resume {self.run_dir}` "
+                "continues from it)")
+
+    def _cleanup_failed(self) -> None:
+        """A run directory this call created and never checkpointed holds nothing worth keeping."""
+        if self.last_checkpoint is None and self._created and self.rank == 0:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _stopping(self) -> bool:
-        """A stop request (Ctrl-C); with several processes, all stop after the same step."""
+        """A stop request (SIGINT or SIGTERM); with several processes, all stop after the same step."""
         if self.world > 1:
-            self._stop = dist.any_true(self._stop, self.device)
-        return self._stop
+            if dist.any_true(bool(self._stop), self.device) and not self._stop:
+                self._stop = int(signal.SIGINT)  # another process got the signal
+        return bool(self._stop)
 
     def _reduce_stats(self, totals: dict[str, Tensor], clamped: int) -> tuple[dict[str, Tensor], int]:
         keys = list(totals)
@@ -323,13 +356,12 @@ class Trainer:
         write_json(self.run_dir / "summary.json", summary)
 
     # ------------------------------------------------------------------ run directory
-    def _start_run_dir(self) -> None:
-        """Process 0 creates the run directory and its files; the others get its path."""
+    def _on_rank0(self, work) -> None:
+        """Process 0 does ``work`` (prepares the run directory); the others get its path."""
         error: BaseException | None = None
         if self.rank == 0:
             try:
-                self._claim_run_dir()
-                self._write_run_files()
+                work()
             except Exception as e:  # noqa: BLE001 - raised below, once the others know
                 error = e
         if self.world > 1:
@@ -339,21 +371,58 @@ class Trainer:
         if error is not None:
             raise error
 
+    def _start_run_dir(self) -> None:
+        """Create (or take over a never-checkpointed) run directory, lock it, write its files."""
+        self._claim_run_dir()
+        self._write_run_files()
+
+    def _open_for_resume(self) -> None:
+        """Lock the run directory, record this resume (and any allowed change) in it; a run
+        that never wrote a checkpoint starts again from step 0 with its files rewritten."""
+        self._lock = lock_run_dir(self.run_dir)
+        if not (self.run_dir / "checkpoint.json").exists():
+            self._write_run_files()
+        elif self.changes:
+            self._write_config()
+        entry = {"time": datetime.now().isoformat(timespec="seconds"), "fgm_version": __version__,
+                 "from_step": read_json(self.run_dir / "checkpoint.json")["step"]
+                 if (self.run_dir / "checkpoint.json").exists() else 0,
+                 "changed": {k: list(v) for k, v in self.changes.items()}}
+        append_line(self.run_dir / "resumes.jsonl", json.dumps(entry))
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def _new_run_dir(self) -> Path:
         c = self.cfg
         name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{c.divergence.name}-{c.critic.form}"
         return Path(c.run.out_dir) / name
 
     def _claim_run_dir(self) -> None:
-        """Create the run directory; auto-named runs take the next free suffix (race-free)."""
+        """Create the run directory and lock it; auto-named runs take the next free suffix
+        (race-free). A named directory that holds only what an interrupted start of fgm left
+        (no checkpoint) is taken over: its files are removed and it starts afresh."""
         base, i = self.run_dir, 1
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
                 self.run_dir.mkdir()
+                self._created = True
+                self._lock = lock_run_dir(self.run_dir)
                 return
             except FileExistsError:
                 if self.cfg.run.name is not None:
+                    if never_checkpointed(self.run_dir):
+                        self._lock = lock_run_dir(self.run_dir)
+                        if never_checkpointed(self.run_dir):  # still so, now that no one else writes it
+                            for p in self.run_dir.iterdir():
+                                if p.name != LOCK_FILE:
+                                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                            self._created = True
+                            return
+                        self._unlock()
                     raise FGMError(f"run directory {self.run_dir} already exists",
                                    "pass --resume to continue it, or another --name") from None
                 self.run_dir = base.with_name(f"{base.name}-{i}")
@@ -367,10 +436,13 @@ class Trainer:
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "fgm.json", self._identity())
-        (self.run_dir / "config.toml").write_text(dump_toml(self.cfg))
-        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        self._write_config()
         write_json(self.run_dir / "plugins.json", self.plugins.resolved())
         write_json(self.run_dir / "data.json", self.info.to_dict())
+
+    def _write_config(self) -> None:
+        atomic_write_text(self.run_dir / "config.toml", dump_toml(self.cfg))
+        write_json(self.run_dir / "config.json", self.cfg.to_dict())
 
     def save_checkpoint(self) -> None:
         """Write step files, then atomically point ``checkpoint.json`` at them. With several
@@ -384,24 +456,33 @@ class Trainer:
     def _write_checkpoint(self) -> None:
         ck = self.run_dir / "checkpoints"
         tag = f"step-{self.step:08d}"
-        sha = {"model.safetensors": save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())}
-        tensors: dict[str, Tensor] = {}
-        skeleton = split_state({
-            "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
-            "sched": [s.state_dict() for s in self.sched],
-            "gen": self.gen.get_state(), "perm": self._perm,
-        }, "s", tensors)
-        sha["state.safetensors"] = save_tensors(ck / f"{tag}.state.safetensors", tensors)
-        sha["state.json"] = write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step,
-                                                                   "epoch": self.epoch, "pos": self.pos})
         prev = self.last_checkpoint
-        write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION,
-                                                      "sha256": sha})
+        try:
+            sha = {"model.safetensors": save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())}
+            tensors: dict[str, Tensor] = {}
+            skeleton = split_state({
+                "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
+                "sched": [s.state_dict() for s in self.sched],
+                "gen": self.gen.get_state(), "perm": self._perm,
+            }, "s", tensors)
+            sha["state.safetensors"] = save_tensors(ck / f"{tag}.state.safetensors", tensors)
+            sha["state.json"] = write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step,
+                                                                       "epoch": self.epoch, "pos": self.pos})
+            write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag,
+                                                          "format_version": FORMAT_VERSION, "sha256": sha})
+        except BaseException:  # the pointer still names the previous checkpoint: drop this one's files
+            if prev != self.step:
+                for f in ck.glob(f"{tag}.*"):
+                    f.unlink(missing_ok=True)
+            raise
         if prev is not None and prev != self.step:  # keep only the newest complete checkpoint
             for f in ck.glob(f"step-{prev:08d}.*"):
                 f.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> None:
+        """Restore the newest checkpoint (a run that never wrote one starts at step 0)."""
+        if not (self.run_dir / "checkpoint.json").exists():
+            return
         (model, model_sha), (state_file, state_sha), (meta_file, meta_sha) = checkpoint_files(self.run_dir).values()
         self.model.load_state_dict(load_tensors(model, self.device, sha256=model_sha))
         meta = read_json(meta_file, sha256=meta_sha)
@@ -414,6 +495,26 @@ class Trainer:
         self._perm = state["perm"].to(self.device) if state["perm"] is not None else None
         self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
         self.last_checkpoint = self.step
+        if self.cfg.run.steps < self.step:
+            raise FGMError(f"run.steps={self.cfg.run.steps} is below the checkpoint's step {self.step}",
+                           f"resume with --steps {self.step} or more")
+
+    def _apply_optim_settings(self) -> None:
+        """Put the configured learning rates and schedule position into the optimisers: their
+        loaded state carries the old ones, so without this a changed ``optim.lr`` on resume
+        would be ignored. With nothing changed, this sets exactly the values loaded."""
+        o = self.cfg.optim
+        bases = [(self.opt_g, [o.lr, o.lr * o.sigma_lr_scale]), (self.opt_c, [o.critic_lr or o.lr])]
+        factor = lr_factor(o.schedule, o.warmup_steps, self.cfg.run.steps)(self.step) if self.sched else 1.0
+        for opt, lrs in bases:
+            for group, base in zip(opt.param_groups, lrs):
+                group["lr"] = base * factor
+                if self.sched:
+                    group["initial_lr"] = base
+        for sched, (opt, _) in zip(self.sched, bases):
+            sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+            sched.last_epoch = self.step
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
 def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
@@ -444,19 +545,28 @@ class NonFiniteLoss(Exception):
         self.who, self.step = who, step
 
 
-def _install_sigint(trainer: Trainer):
-    """Ctrl-C finishes the current step, checkpoints, and stops cleanly."""
-    if sys.platform == "win32" or not _is_main_thread():
-        return None
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+
+def _install_stop(trainer: Trainer) -> dict[int, Any]:
+    """SIGINT (Ctrl-C) and SIGTERM ask the trainer to finish the current step, checkpoint and
+    stop; a second one aborts at once (:class:`Interrupted` with no step). Returns the
+    handlers it replaced (none outside the main thread, where Python cannot set them)."""
+    if not _is_main_thread():
+        return {}
 
     def handler(signum, frame):  # noqa: ARG001
-        if trainer._stop:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        trainer._stop = True
-        if trainer.rank == 0:
-            print("\nfgm: interrupted; saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        if trainer._stop:  # the second request: stop now
+            raise Interrupted(f"aborted ({signal.Signals(signum).name}) before the checkpoint at the stop; "
+                              f"{trainer._kept()}", signum)
+        trainer._stop = signum
 
-    return signal.signal(signal.SIGINT, handler)
+    return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    for s, h in old.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def _is_main_thread() -> bool:
@@ -468,8 +578,12 @@ def _is_main_thread() -> bool:
 class MetricsLogger:
     """metrics.jsonl, plus TensorBoard when it is installed and enabled."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, upto: int | None = None) -> None:
+        """``upto``: a resumed run's checkpoint step; rows after it (which the resumed run
+        writes again) and any partial line a killed process left are dropped first."""
         self.path = run_dir / "metrics.jsonl"
+        if enabled and upto is not None:
+            truncate_rows(self.path, upto)
         self.f = open(self.path, "a") if enabled else None
         self.tb = None
         if tensorboard and enabled:
@@ -495,8 +609,10 @@ class MetricsLogger:
     def close(self) -> None:
         if self.f is not None:
             self.f.close()
+            self.f = None
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 class Progress:

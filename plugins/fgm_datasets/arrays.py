@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from pydantic import Field
 
 from fgm_core.components import DataBundle, DataRequest, Scaling
 from fgm_core.errors import FGMError
+from fgm_core.storage import MAX_DATA_BYTES, read_input
 
 from .common import Options, check_finite, check_request, make_bundle, parse_options, split_indices
 
@@ -33,7 +35,7 @@ def _err(path: Path, problem: str, hint: str) -> FGMError:
 
 def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
     try:
-        obj = np.load(path, allow_pickle=False)
+        obj = np.load(io.BytesIO(read_input(path, "data file", MAX_DATA_BYTES)), allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
@@ -84,7 +86,7 @@ def _is_number(s: str) -> bool:
 
 def _load_csv(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
     try:
-        text = path.read_text()
+        text = read_input(path, "data file", MAX_DATA_BYTES).decode()
     except PermissionError:
         raise _err(path, "permission denied", "fix its permissions") from None
     except (OSError, UnicodeDecodeError) as e:

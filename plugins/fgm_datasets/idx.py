@@ -11,6 +11,7 @@ from pydantic import Field
 
 from fgm_core.components import DataBundle, DataRequest
 from fgm_core.errors import FGMError
+from fgm_core.storage import MAX_DATA_BYTES, read_input
 
 from .common import IMAGE_SCALING, Options, check_request, make_bundle, parse_options
 
@@ -37,7 +38,7 @@ class IdxOptions(Options):
 def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file (``.gz`` decompressed); FGMError naming the file on any defect."""
     try:
-        raw = path.read_bytes()
+        raw = read_input(path, "IDX file", MAX_DATA_BYTES)
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
     except PermissionError:

@@ -27,9 +27,10 @@ class ImagesOptions(Options):
 
 
 def _read_bytes(path: Path) -> bytes:
-    """Read one file (a seam for tests)."""
-    with open(path, "rb") as f:
-        return f.read()
+    """Read one file (a seam for tests): a regular file of bounded size."""
+    from fgm_core.storage import MAX_DATA_BYTES, read_input
+
+    return read_input(path, "image file", MAX_DATA_BYTES)
 
 
 def _scan(directory: Path) -> list[Path]:
