@@ -51,8 +51,9 @@ class Run:
         model = make_model(cfg, plugins, info).to(dev)
         weights = path / "model.safetensors"
         if not weights.exists():
-            ptr = read_json(path / "checkpoint.json")
-            weights = path / "checkpoints" / f"{ptr['tag']}.model.safetensors"
+            from fgm_core.trainer import read_pointer
+
+            weights = path / "checkpoints" / f"{read_pointer(path).tag}.model.safetensors"
         state = load_tensors(weights, dev)
         try:
             model.load_state_dict(state)

@@ -7,7 +7,6 @@ encoder/generator updates, and makes runs reproducible and resumable bit for bit
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import sys
@@ -18,27 +17,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from fgm_core import __version__
 from fgm_core import distributed as dist
+from fgm_core import env
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
-from fgm_core.config import FGMConfig, dump_toml
-from fgm_core.errors import FGMError, PluginError
+from fgm_core.config import FGMConfig, check_device, dump_toml
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
+    FORMAT_VERSION, join_state, load_tensors, read_json, read_record, save_tensors, split_state, write_json,
 )
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA is an error."""
+    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA, an unknown
+    device name or a GPU index that does not exist is an error."""
+    try:
+        check_device(name)
+    except ValueError as e:
+        raise FGMError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from e
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise FGMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                       f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 
@@ -169,13 +178,19 @@ class Trainer:
         if self._perm is None or self.pos + b > n:
             if self._perm is not None:
                 self.epoch, self.pos = self.epoch + 1, 0
-            g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(n, generator=g).to(self.device)
+            self._perm = self._epoch_perm()
         idx = self._perm[self.pos:self.pos + b]
         self.pos += b
         if self.world > 1:
             idx = idx.view(self.world, -1)[self.rank]
         return self.train_x[idx]
+
+    def _epoch_perm(self) -> Tensor:
+        """The row order of epoch ``self.epoch``, a function of (seed, epoch) only: a checkpoint
+        stores (epoch, pos) and resume regenerates it (not 8 bytes per training row)."""
+        # modulo 2**64: the generator's seed range, so any valid run.seed works at any epoch
+        g = torch.Generator().manual_seed((self.cfg.run.seed * 1_000_003 + self.epoch) % 2**64)
+        return torch.randperm(self.train_x.shape[0], generator=g).to(self.device)
 
     def noise(self, model_side: bool = True) -> dict[str, Tensor]:
         """The noise of one global batch; with several processes, every process draws it all
@@ -222,7 +237,7 @@ class Trainer:
                     stats = self.train_step()
                 except (FGMError, NonFiniteLoss):
                     raise
-                except Exception as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
+                except PLUGIN_FAILURES as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
                     import traceback
 
                     files = [Path(fr.filename).resolve() for fr in traceback.extract_tb(e.__traceback__)]
@@ -371,7 +386,7 @@ class Trainer:
         skeleton = split_state({
             "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
             "sched": [s.state_dict() for s in self.sched],
-            "gen": self.gen.get_state(), "perm": self._perm,
+            "gen": self.gen.get_state(),
         }, "s", tensors)
         save_tensors(ck / f"{tag}.state.safetensors", tensors)
         write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step, "epoch": self.epoch,
@@ -383,24 +398,60 @@ class Trainer:
                 f.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> None:
-        ptr = read_json(self.run_dir / "checkpoint.json")
-        check_format(ptr, self.run_dir / "checkpoint.json")
+        ptr = read_pointer(self.run_dir)
         ck = self.run_dir / "checkpoints"
-        tag = ptr["tag"]
-        self.model.load_state_dict(load_tensors(ck / f"{tag}.model.safetensors", self.device))
-        meta = read_json(ck / f"{tag}.state.json")
-        state = join_state(meta["skeleton"], load_tensors(ck / f"{tag}.state.safetensors"))
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_c.load_state_dict(state["opt_c"])
-        for s, sd in zip(self.sched, state["sched"]):
-            s.load_state_dict(sd)
-        self.gen.set_state(state["gen"].cpu())
-        self._perm = state["perm"].to(self.device) if state["perm"] is not None else None
-        self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
+        self.model.load_state_dict(load_tensors(ck / f"{ptr.tag}.model.safetensors", self.device))
+        where = ck / f"{ptr.tag}.state.json"
+        meta = read_record(where, CheckpointState)
+        state = join_state(meta.skeleton, load_tensors(ck / f"{ptr.tag}.state.safetensors"))
+        try:
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_c.load_state_dict(state["opt_c"])
+            if len(state["sched"]) != len(self.sched):
+                raise ValueError(f"{len(state['sched'])} schedules stored, the run has {len(self.sched)}")
+            for s, sd in zip(self.sched, state["sched"]):
+                s.load_state_dict(sd)
+            self.gen.set_state(state["gen"].cpu())
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise FGMError(f"{where} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
+        self.step, self.epoch, self.pos = meta.step, meta.epoch, meta.pos
+        # the epoch's row order is regenerated from (seed, epoch); pos 0: none was drawn yet
+        self._perm = self._epoch_perm() if self.pos > 0 else None
         self.last_checkpoint = self.step
 
 
-def check_format(meta: dict[str, Any], where: Path) -> None:
+class CheckpointPointer(BaseModel):
+    """``checkpoint.json``: the newest complete checkpoint of a run."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=0)
+    tag: str = Field(pattern=r"^step-[0-9]+$")
+    format_version: int
+
+
+class CheckpointState(BaseModel):
+    """``checkpoints/step-N.state.json``: the optimiser/RNG skeleton and the data position."""
+
+    model_config = ConfigDict(extra="allow")
+    skeleton: dict[str, Any]
+    step: int = Field(ge=0)
+    epoch: int = Field(ge=0)
+    pos: int = Field(ge=0)
+
+
+def read_pointer(run_dir: Path) -> CheckpointPointer:
+    """The run's ``checkpoint.json``, its format version checked and its fields validated."""
+    path = run_dir / "checkpoint.json"
+    raw = read_json(path)
+    check_format(raw, path)
+    return read_record(path, CheckpointPointer, raw)
+
+
+def check_format(meta: Any, where: Path) -> None:
+    if not isinstance(meta, dict):
+        raise FGMError(f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
+                       "restore the file from a copy of the run, or retrain")
     v = meta.get("format_version")
     if v != FORMAT_VERSION:
         raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
@@ -478,7 +529,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, file=sys.stderr, unit="step", dynamic_ncols=True,
-                            disable=not enabled or os.environ.get("FGM_NO_PROGRESS") == "1")
+                            disable=not enabled or env.flag("FGM_NO_PROGRESS"))
 
     def update(self, step: int, row: dict[str, Any]) -> None:
         if self.bar is not None:
