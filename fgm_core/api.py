@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fgm_core.config import FGMConfig, build_config, validate
-from fgm_core.errors import FGMError, PluginError
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
 
@@ -93,7 +93,7 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     try:
         try:
             manifest = exporter.export(run, tmp, **options)
-        except Exception as e:
+        except PLUGIN_FAILURES as e:
             if isinstance(e, FGMError) or (hasattr(e, "message") and hasattr(e, "hint")):
                 raise  # the exporter's own user-facing error
             raise PluginError(f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "

@@ -13,7 +13,7 @@ from torch import nn
 
 from fgm_core.components import DataBundle, DataRequest, Divergence, NetworkSpec, Scaling
 from fgm_core.config import FGMConfig
-from fgm_core.errors import FGMError, PluginError
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 
@@ -76,7 +76,7 @@ def load_data(cfg: FGMConfig, plugins: PluginSet) -> DataBundle:
         bundle = comp.factory(req)
     except FGMError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except PLUGIN_FAILURES as e:  # noqa: BLE001
         raise PluginError(f"dataset {cfg.data.dataset!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: {e}",
                           "check data.options, or report it to the plugin's author") from e
     for split in ("train", "test"):
@@ -126,7 +126,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         nets = arch.build(spec)
     except FGMError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except PLUGIN_FAILURES as e:  # noqa: BLE001
         raise PluginError(f"architecture {cfg.model.architecture!r} (plugin {comp.plugin!r}) failed to build: "
                           f"{type(e).__name__}: {e}", "check model.options") from e
     if cfg.critic.spectral_norm:

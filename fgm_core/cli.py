@@ -4,7 +4,6 @@ tracebacks only with ``--debug``."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,8 +11,26 @@ from typing import Any
 
 import click
 
-from fgm_core import __version__
+from fgm_core import __version__, env
+from fgm_core.config import MAX_SEED
 from fgm_core.errors import FGMError, Interrupted
+
+class _Seed(click.ParamType):
+    """Every --seed: an integer the config (run.seed) and every random generator accept."""
+
+    name = "seed"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            seed = int(str(value).strip(), 10)
+        except ValueError:
+            seed = -1
+        if not 0 <= seed <= MAX_SEED:
+            self.fail(f"{value!r} is not a seed: use an integer from 0 to {MAX_SEED}", param, ctx)
+        return seed
+
+
+SEED = _Seed()
 
 
 class Ctx:
@@ -22,12 +39,16 @@ class Ctx:
         self.strict = strict
         self.policy = policy
 
-    def plugins(self, **kw: Any):
+    def plugins(self, named: tuple[str, ...] = (), **kw: Any):
+        """The plugin set; failures are warnings, except those of ``named`` plugins (the
+        command uses them, so their failure is its one error line)."""
         from fgm_core.plugins import get_plugins
 
         ps = get_plugins(self.policy, strict=self.strict or None, **kw)
+        used = {ps.infos[n].error for n in named if n in ps.infos}
         for msg in ps.failures:
-            _warn_once(msg)
+            if msg not in used:
+                _warn_once(msg)
         return ps
 
 
@@ -55,7 +76,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="fgm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.option("--strict-plugins", is_flag=True, envvar="FGM_STRICT_PLUGINS",
+@click.option("--strict-plugins", is_flag=True,
               help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
 @click.option("--plugins-toml", type=click.Path(path_type=Path), envvar="FGM_PLUGINS_TOML",
               help="Plugin policy file (default: ./plugins.toml when present).")
@@ -109,7 +130,7 @@ def _train_options(f):
         click.option("--critic", type=click.Choice(["density", "joint", "marginal"]), help="Critic form."),
         click.option("--architecture", "-a", help="Shortcut for --set model.architecture=..."),
         click.option("--steps", type=int, help="Training steps."),
-        click.option("--seed", type=int, help="Random seed."),
+        click.option("--seed", type=SEED, help="Random seed."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--out", "out_dir", help="Parent directory of run directories (default runs/)."),
         click.option("--name", help="Run directory name (default: timestamp-dataset-divergence-critic)."),
@@ -159,8 +180,6 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
     try:
         if resume is None:
             cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
-            for msg in plugins.failures:
-                _warn_once(msg)
             run = train(cfg, plugins=plugins, progress=not quiet)
         else:
             run = train(resume=resume, overrides=overrides, progress=not quiet, plugins=_local_plugins(obj, presets))
@@ -187,8 +206,8 @@ def _local_plugins(obj: Ctx, presets) -> Any:
     """The plugin set, with the local modules named by ``--plugin PATH`` loaded too."""
     from fgm_core.plugins import split_presets
 
-    local = split_presets(list(presets))[1]
-    return obj.plugins(extra_local=local or None)
+    names, local = split_presets(list(presets))
+    return obj.plugins(tuple(names), extra_local=local or None)
 
 
 @cli.group("config")
@@ -288,7 +307,7 @@ def _write_array(arr, out: Path | None, header: str) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-n", "n", type=int, default=16, show_default=True, help="Number of samples.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="out.npy or out.png.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: str) -> None:
@@ -337,7 +356,7 @@ def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per row.")
 @click.option("--density", is_flag=True, help="Also print the density estimator's log p_D(x).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str) -> None:
     """Per-row model log-likelihood of DATA, in nats (importance-sampled, K=k)."""
@@ -397,7 +416,7 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
 @click.option("--full-data", "full", is_flag=True, help="Evaluate against the full dataset (drop data.options.modes).")
 @click.option("--set-data", "data_sets", multiple=True, metavar="KEY=VALUE",
               help="Override a data option for the held-out data, e.g. --set-data limit=500.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @click.pass_obj
@@ -519,8 +538,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("fgm: aborted", err=True)
         raise SystemExit(130) from None
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # `fgm` or `fgm config` alone: the help
         e.show()
+        raise SystemExit(e.exit_code) from None
+    except click.ClickException as e:  # a malformed command line: one line too, status 2
+        hint = f"see `{e.ctx.command_path if getattr(e, 'ctx', None) else 'fgm'} --help`"
+        click.echo(f"fgm: error: {' '.join(e.format_message().split())} ({hint})", err=True)
         raise SystemExit(e.exit_code) from None
     except FGMError as e:
         if debug:
@@ -543,7 +566,9 @@ def main(argv: list[str] | None = None) -> None:
             what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         click.echo(f"fgm: error: {what} (check the path, its permissions and the free disk space)", err=True)
         raise SystemExit(1) from None
-    except Exception as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - anything else, even a plugin's own BaseException, is one line
+        if isinstance(e, SystemExit):
+            raise
         if hasattr(e, "message") and hasattr(e, "hint"):  # a plugin's user-facing error (duck-typed)
             if debug:
                 traceback.print_exc()
@@ -562,7 +587,7 @@ _commands_added = False
 
 def _with_plugin_commands() -> None:
     global _commands_added
-    if _commands_added or os.environ.get("FGM_NO_PLUGIN_COMMANDS"):
+    if _commands_added or env.flag("FGM_NO_PLUGIN_COMMANDS"):
         return
     _commands_added = True
     try:

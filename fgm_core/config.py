@@ -7,6 +7,7 @@ Unknown keys and invalid values are errors that name the key.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -21,8 +22,53 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+#: seeds are integers 0 .. 2**63 - 1: what TOML, JSON readers and every RNG fgm uses can hold.
+MAX_SEED = 2**63 - 1
+
+
+def check_device(name: str) -> str:
+    """The one rule for device names (config, command line, loading): auto, cpu, cuda, cuda:N."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()
+                                          and name[5:].isascii()):
+        return name
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def check_file_name(name: str) -> str:
+    """A single file-system name: no separator, NUL or control character, not . or .., at most
+    255 bytes (what every common file system accepts)."""
+    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"must be a plain file name; {bad!r} is not allowed in it")
+    if name.strip() in ("", ".", ".."):
+        raise ValueError(f"must be a plain file name, not {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError("must be at most 255 bytes long")
+    return name
+
+
+def _finite(v: Any, where: str = "") -> Any:
+    """Reject NaN and inf anywhere in an option table: JSON cannot record them, and a run's
+    records must say what it ran with."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{where or 'value'} must be a finite number, got {v}")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _finite(x, f"{where}.{k}" if where else str(k))
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _finite(x, f"{where}[{i}]")
+    return v
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: lr = inf is "not a finite number", never a value written as null
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("options", "params", mode="after", check_fields=False)
+    @classmethod
+    def _finite_options(cls, v: Any) -> Any:
+        return _finite(v)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -111,7 +157,7 @@ class RunConfig(_Section):
     """Length, seed, device, output and logging of a run."""
 
     steps: int = Field(8000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     out_dir: str = "runs"
@@ -126,8 +172,18 @@ class RunConfig(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in {"auto", "cpu", "cuda"} and not v.startswith("cuda:"):
-            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return check_device(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_file_name(v)
+
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir(cls, v: str) -> str:
+        if "\0" in v or not v:
+            raise ValueError("must be a non-empty path without NUL characters")
         return v
 
     @field_validator("name")

@@ -18,7 +18,6 @@ rounding, and a checkpoint does not depend on the number of processes.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
+from fgm_core import env
 from fgm_core.errors import FGMError
 
 
@@ -60,21 +60,21 @@ def check_batch(batch_size: int, world: int) -> None:
 
 def is_distributed() -> bool:
     """True in a process that torchrun started with a world size above 1."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env.integer("WORLD_SIZE", 1, 1) > 1
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0")) if is_distributed() else 0
+    return env.integer("RANK", 0) if is_distributed() else 0
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return env.integer("WORLD_SIZE", 1, 1)
 
 
 def setup(device: torch.device) -> torch.device:
     """Join the process group (NCCL for CUDA, else gloo); returns this process's device."""
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = env.integer("LOCAL_RANK", 0)
         if local >= torch.cuda.device_count():
             raise FGMError(f"process {local} on this machine has no GPU (there are {torch.cuda.device_count()})",
                            "start at most one process per GPU (--nproc / --nproc-per-node)")

@@ -26,6 +26,11 @@ class PluginError(FGMError):
     """A plugin failed to load, register, or run; the message names the plugin."""
 
 
+#: what fgm catches around a call into plugin code and reports by the plugin's name: any
+#: error, and ``sys.exit()``, which must never end fgm silently. Ctrl-C still interrupts.
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
 def unknown_name(kind: str, name: str, available: Iterable[str]) -> FGMError:
     """Error for an unknown component name, listing what exists and the closest match."""
     names = sorted(available)

@@ -35,8 +35,8 @@ import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from fgm_core import hookspecs
-from fgm_core.errors import FGMError, PluginError, unknown_name
+from fgm_core import env, hookspecs
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,7 +202,7 @@ class PluginSet:
     def __init__(self, policy: PluginPolicy | None = None, *, strict: bool | None = None,
                  only: list[str] | None = None, extra_local: dict[str, Path] | None = None) -> None:
         self.policy = policy or PluginPolicy()
-        env_strict = os.environ.get("FGM_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
+        env_strict = env.flag("FGM_STRICT_PLUGINS")
         self.strict = bool(strict) or env_strict or self.policy.strict
         env_only = os.environ.get("FGM_PLUGINS")
         if only is None and env_only:
@@ -262,7 +262,7 @@ class PluginSet:
         self.infos[name] = info
         try:
             self.pm.register(module, name=name)
-        except Exception as e:  # noqa: BLE001 - e.g. a hookimpl whose arguments match no hookspec
+        except PLUGIN_FAILURES as e:  # noqa: BLE001 - e.g. a hookimpl whose arguments match no hookspec
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
             self._fail(name, "has invalid hooks", e)
@@ -291,7 +291,9 @@ class PluginSet:
             info = PluginInfo(ep.name, version, source, dist_name)
             try:
                 module = ep.load()
-            except Exception as e:  # noqa: BLE001 - any import failure is reported, not raised
+            except BaseException as e:  # noqa: BLE001 - any import failure, sys.exit() too, is reported
+                if isinstance(e, KeyboardInterrupt):
+                    raise
                 self.infos.setdefault(ep.name, info)
                 self._fail(ep.name, "failed to import", e)
                 continue
@@ -305,7 +307,9 @@ class PluginSet:
             module = load_module_from_path(name, path)
         except FGMError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - sys.exit() at import too; Ctrl-C still stops
+            if isinstance(e, KeyboardInterrupt):
+                raise
             self.infos.setdefault(name, info)
             self._fail(name, "failed to import", e)
             return
@@ -351,7 +355,7 @@ class PluginSet:
             kwargs = {k: v for k, v in kwargs.items() if k in impl.argnames}
             try:
                 impl.function(**kwargs)
-            except Exception as e:  # noqa: BLE001
+            except PLUGIN_FAILURES as e:  # noqa: BLE001
                 self._fail(plugin, f"raised in register_{kind}", e)
                 self._drop_components(plugin)
                 continue
@@ -415,7 +419,7 @@ class PluginSet:
             return {}
         try:
             preset = fn(settings=self.settings(plugin)) if "settings" in _argnames(fn) else fn()
-        except Exception as e:  # noqa: BLE001
+        except PLUGIN_FAILURES as e:  # noqa: BLE001
             raise PluginError(f"plugin {plugin!r} raised in plugin_preset: {e}", "fix the plugin") from e
         return preset or {}
 
@@ -423,7 +427,7 @@ class PluginSet:
         for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli=cli)
-            except Exception as e:  # noqa: BLE001
+            except PLUGIN_FAILURES as e:  # noqa: BLE001
                 self._fail(impl.plugin_name, "raised in register_commands", e)
 
     def resolved(self) -> list[dict[str, str]]:

@@ -15,9 +15,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -117,6 +118,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp makes 0600; a plain open() honours the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -126,6 +128,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return sha256_hex(data)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: the old file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> str:
@@ -146,6 +158,24 @@ def read_json(path: Path, sha256: str | None = None) -> Any:
         raise FGMError(f"{path} not found", "is this an fgm run or export directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FGMError(f"{path} is corrupt (not valid JSON: {e})", "restore it or retrain") from None
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def read_record(path: Path, model: type[R], raw: Any = None) -> R:
+    """A JSON file fgm wrote with a known shape (checkpoint pointer, checkpoint state): a
+    list, a missing key or a wrong type is one error that names the file and the field.
+    ``raw``: the file's already-read content."""
+    path = Path(path)
+    data = read_json(path) if raw is None else raw
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise FGMError(f"{path} is damaged: {where + ': ' if where else ''}{err['msg']}",
+                       "restore the file from a copy of the run, or retrain") from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -19,19 +18,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from fgm_core import __version__
 from fgm_core import distributed as dist
+from fgm_core import env
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
-from fgm_core.config import FGMConfig, dump_toml, resume_changes, validate
-from fgm_core.errors import FGMError, Interrupted, PluginError
+from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, Interrupted, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
     FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
-    lock_run_dir, never_checkpointed, read_json, save_tensors, split_state, truncate_rows, write_json,
+    lock_run_dir, never_checkpointed, read_json, read_record, save_tensors, split_state, truncate_rows, write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -39,11 +40,19 @@ CHECKPOINT_PARTS = ("model.safetensors", "state.safetensors", "state.json")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA is an error."""
+    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA, an unknown
+    device name or a GPU index that does not exist is an error."""
+    try:
+        check_device(name)
+    except ValueError as e:
+        raise FGMError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from e
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise FGMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                       f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 
@@ -181,13 +190,19 @@ class Trainer:
         if self._perm is None or self.pos + b > n:
             if self._perm is not None:
                 self.epoch, self.pos = self.epoch + 1, 0
-            g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(n, generator=g).to(self.device)
+            self._perm = self._epoch_perm()
         idx = self._perm[self.pos:self.pos + b]
         self.pos += b
         if self.world > 1:
             idx = idx.view(self.world, -1)[self.rank]
         return self.train_x[idx]
+
+    def _epoch_perm(self) -> Tensor:
+        """The row order of epoch ``self.epoch``, a function of (seed, epoch) only: a checkpoint
+        stores (epoch, pos) and resume regenerates it (not 8 bytes per training row)."""
+        # modulo 2**64: the generator's seed range, so any valid run.seed works at any epoch
+        g = torch.Generator().manual_seed((self.cfg.run.seed * 1_000_003 + self.epoch) % 2**64)
+        return torch.randperm(self.train_x.shape[0], generator=g).to(self.device)
 
     def noise(self, model_side: bool = True) -> dict[str, Tensor]:
         """The noise of one global batch; with several processes, every process draws it all
@@ -246,7 +261,7 @@ class Trainer:
                     stats = self.train_step()
                 except (FGMError, NonFiniteLoss):
                     raise
-                except Exception as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
+                except PLUGIN_FAILURES as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
                     import traceback
 
                     files = [Path(fr.filename).resolve() for fr in traceback.extract_tb(e.__traceback__)]
@@ -463,7 +478,7 @@ class Trainer:
             skeleton = split_state({
                 "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
                 "sched": [s.state_dict() for s in self.sched],
-                "gen": self.gen.get_state(), "perm": self._perm,
+                "gen": self.gen.get_state(),
             }, "s", tensors)
             sha["state.safetensors"] = save_tensors(ck / f"{tag}.state.safetensors", tensors)
             sha["state.json"] = write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step,
@@ -483,17 +498,24 @@ class Trainer:
         """Restore the newest checkpoint (a run that never wrote one starts at step 0)."""
         if not (self.run_dir / "checkpoint.json").exists():
             return
-        (model, model_sha), (state_file, state_sha), (meta_file, meta_sha) = checkpoint_files(self.run_dir).values()
+        (model, model_sha), (state_file, state_sha), (where, meta_sha) = checkpoint_files(self.run_dir).values()
         self.model.load_state_dict(load_tensors(model, self.device, sha256=model_sha))
-        meta = read_json(meta_file, sha256=meta_sha)
-        state = join_state(meta["skeleton"], load_tensors(state_file, sha256=state_sha))
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_c.load_state_dict(state["opt_c"])
-        for s, sd in zip(self.sched, state["sched"]):
-            s.load_state_dict(sd)
-        self.gen.set_state(state["gen"].cpu())
-        self._perm = state["perm"].to(self.device) if state["perm"] is not None else None
-        self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
+        meta = read_record(where, CheckpointState, read_json(where, sha256=meta_sha))
+        state = join_state(meta.skeleton, load_tensors(state_file, sha256=state_sha))
+        try:
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_c.load_state_dict(state["opt_c"])
+            if len(state["sched"]) != len(self.sched):
+                raise ValueError(f"{len(state['sched'])} schedules stored, the run has {len(self.sched)}")
+            for s, sd in zip(self.sched, state["sched"]):
+                s.load_state_dict(sd)
+            self.gen.set_state(state["gen"].cpu())
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise FGMError(f"{where} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
+        self.step, self.epoch, self.pos = meta.step, meta.epoch, meta.pos
+        # the epoch's row order is regenerated from (seed, epoch); pos 0: none was drawn yet
+        self._perm = self._epoch_perm() if self.pos > 0 else None
         self.last_checkpoint = self.step
         if self.cfg.run.steps < self.step:
             raise FGMError(f"run.steps={self.cfg.run.steps} is below the checkpoint's step {self.step}",
@@ -517,22 +539,49 @@ class Trainer:
             sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
+class CheckpointPointer(BaseModel):
+    """``checkpoint.json``: the newest complete checkpoint of a run and the sha256 of its files."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=0)
+    tag: str = Field(pattern=r"^step-[0-9]+$")
+    format_version: int
+    sha256: dict[str, str]
+
+
+class CheckpointState(BaseModel):
+    """``checkpoints/step-N.state.json``: the optimiser/RNG skeleton and the data position."""
+
+    model_config = ConfigDict(extra="allow")
+    skeleton: dict[str, Any]
+    step: int = Field(ge=0)
+    epoch: int = Field(ge=0)
+    pos: int = Field(ge=0)
+
+
+def read_pointer(run_dir: Path) -> CheckpointPointer:
+    """The run's ``checkpoint.json`` (confined to the run), format version and fields validated."""
+    path = run_dir / "checkpoint.json"
+    raw = read_json(confined_file(run_dir, "checkpoint.json", run_dir))
+    check_format(raw, path)
+    return read_record(path, CheckpointPointer, raw)
+
+
 def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
     """Path and recorded sha256 of each file of the checkpoint ``checkpoint.json`` points at,
     confined to the run directory (its tag is data: ``../x`` or a link is refused)."""
     where = run_dir / "checkpoint.json"
-    ptr = read_json(confined_file(run_dir, "checkpoint.json", run_dir))
-    check_format(ptr, where)
-    tag, sha = ptr.get("tag"), ptr.get("sha256")
-    if not isinstance(tag, str) or not isinstance(sha, dict) or not all(isinstance(sha.get(p), str)
-                                                                        for p in CHECKPOINT_PARTS):
-        raise FGMError(f"{where} lacks the checkpoint's tag or the sha256 of its files", "restore it, or retrain")
-    return {p: (confined_file(run_dir, f"checkpoints/{tag}.{p}", where), sha[p]) for p in CHECKPOINT_PARTS}
+    ptr = read_pointer(run_dir)
+    missing = [p for p in CHECKPOINT_PARTS if p not in ptr.sha256]
+    if missing:
+        raise FGMError(f"{where} lacks the sha256 of the checkpoint's {missing[0]}", "restore it, or retrain")
+    return {p: (confined_file(run_dir, f"checkpoints/{ptr.tag}.{p}", where), ptr.sha256[p]) for p in CHECKPOINT_PARTS}
 
 
 def check_format(meta: Any, where: Path) -> None:
     if not isinstance(meta, dict):
-        raise FGMError(f"{where} is not a JSON object", "restore it, or retrain")
+        raise FGMError(f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
+                       "restore the file from a copy of the run, or retrain")
     v = meta.get("format_version")
     if v != FORMAT_VERSION:
         raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
@@ -625,7 +674,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, file=sys.stderr, unit="step", dynamic_ncols=True,
-                            disable=not enabled or os.environ.get("FGM_NO_PROGRESS") == "1")
+                            disable=not enabled or env.flag("FGM_NO_PROGRESS"))
 
     def update(self, step: int, row: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -473,9 +473,10 @@ def test_forked_runner_matches_the_console_script(runner, trained, files, tmp_pa
 # --------------------------------------------------------------------------- property-based: config parsing
 SECTION_VALUES = {
     ("run", "steps"): st.integers(1, 10**9),
-    ("run", "seed"): st.integers(-(2**62), 2**62),
+    ("run", "seed"): st.integers(0, 2**63 - 1),
     ("run", "checkpoint_every"): st.integers(1, 10**6),
-    ("run", "name"): st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20),
+    ("run", "name"): st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"], exclude_characters="/\\"),
+                             min_size=1, max_size=20).filter(lambda s: s.strip() not in ("", ".", "..")),
     ("run", "progress"): st.booleans(),
     ("optim", "lr"): st.floats(min_value=1e-12, max_value=10.0, allow_nan=False),
     ("optim", "batch_size"): st.integers(1, 1 << 20),
