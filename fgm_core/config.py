@@ -186,14 +186,6 @@ class RunConfig(_Section):
             raise ValueError("must be a non-empty path without NUL characters")
         return v
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        """A run name is one folder inside ``out_dir``: never a path that leads elsewhere."""
-        if v is not None and (v in ("", ".", "..") or any(c in v for c in "/\\\0")):
-            raise ValueError("a run name is one folder name inside run.out_dir (no '/', '\\', '..', or empty)")
-        return v
-
 
 class FGMConfig(_Section):
     """A whole f-GM run."""

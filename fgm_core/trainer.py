@@ -244,8 +244,9 @@ class Trainer:
         old = _install_stop(self)
         try:
             if self.resume:
-                self._on_rank0(self._open_for_resume)
+                self._on_rank0(self._lock_for_resume)
                 self.load_checkpoint()
+                self._on_rank0(self._record_resume)
                 self._apply_optim_settings()
             else:
                 self._on_rank0(self._start_run_dir)
@@ -391,18 +392,20 @@ class Trainer:
         self._claim_run_dir()
         self._write_run_files()
 
-    def _open_for_resume(self) -> None:
-        """Lock the run directory, record this resume (and any allowed change) in it; a run
-        that never wrote a checkpoint starts again from step 0 with its files rewritten."""
+    def _lock_for_resume(self) -> None:
+        """Lock the run directory before its checkpoint is read (nobody else may write it)."""
         self._lock = lock_run_dir(self.run_dir)
-        if not (self.run_dir / "checkpoint.json").exists():
+
+    def _record_resume(self) -> None:
+        """Record this resume (and any allowed change) once the checkpoint has loaded, so a
+        damaged run is left as it was; a run that never wrote a checkpoint starts again from
+        step 0 with its files rewritten."""
+        if self.last_checkpoint is None:
             self._write_run_files()
         elif self.changes:
             self._write_config()
         entry = {"time": datetime.now().isoformat(timespec="seconds"), "fgm_version": __version__,
-                 "from_step": read_json(self.run_dir / "checkpoint.json")["step"]
-                 if (self.run_dir / "checkpoint.json").exists() else 0,
-                 "changed": {k: list(v) for k, v in self.changes.items()}}
+                 "from_step": self.last_checkpoint or 0, "changed": {k: list(v) for k, v in self.changes.items()}}
         append_line(self.run_dir / "resumes.jsonl", json.dumps(entry))
 
     def _unlock(self) -> None:
