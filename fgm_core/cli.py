@@ -62,7 +62,8 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins_cmd(obj: Ctx, as_json: bool) -> None:
-    """List loaded plugins: version, origin, hooks and registered components."""
+    """List loaded plugins: version, origin, hooks, and the components they registered with
+    their descriptions."""
     ps = obj.plugins()
     infos = [i.as_dict() for i in sorted(ps.infos.values(), key=lambda i: i.name)]
     if as_json:
@@ -75,6 +76,8 @@ def plugins_cmd(obj: Ctx, as_json: bool) -> None:
             click.echo(f"    hooks: {', '.join(i['hooks'])}")
         for kind, names in sorted(i["components"].items()):
             click.echo(f"    {kind}: {', '.join(sorted(names))}")
+            for name, text in sorted(i["descriptions"].get(kind, {}).items()):
+                click.echo(f"      {name}: {text}")
         if i["error"]:
             click.echo(f"    error: {i['error']}")
 
@@ -195,7 +198,10 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
         cfg = validate(read_json(run_dir / "config.json"), str(run_dir / "config.json"))
     else:
         overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
-        cfg, _ = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+        cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+        for kind, component in (("datasets", cfg.data.dataset), ("architectures", cfg.model.architecture),
+                                ("divergences", cfg.divergence.name)):
+            plugins.get(kind, component)  # an unknown name is the error `fgm train` gives
     click.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else dump_toml(cfg), nl=not as_json)
 
 

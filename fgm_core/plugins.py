@@ -158,6 +158,8 @@ class PluginInfo:
     origin: str  # distribution name or file path
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
+    #: kind -> component name -> the description given to ``register()`` (empty ones left out)
+    descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -168,6 +170,7 @@ class PluginInfo:
             "origin": self.origin,
             "hooks": self.hooks,
             "components": self.components,
+            "descriptions": self.descriptions,
             "error": self.error,
         }
 
@@ -302,6 +305,8 @@ class PluginSet:
                     raise TypeError(f"component name must be a non-empty string, got {name!r}")
                 if not callable(factory):
                     raise TypeError(f"factory for {name!r} is not callable")
+                if not isinstance(description, str):
+                    raise TypeError(f"description of {name!r} must be a string, got {type(description).__name__}")
                 _staged.append(Component(kind, name, factory, _p, description))
 
             kwargs = {"register": register, "settings": self.settings(plugin)}
@@ -321,12 +326,15 @@ class PluginSet:
                     )
                 self.components[kind][c.name] = c
                 self.infos[plugin].components.setdefault(kind, []).append(c.name)
+                if c.description:
+                    self.infos[plugin].descriptions.setdefault(kind, {})[c.name] = c.description
 
     def _drop_components(self, plugin: str) -> None:
         """Forget what a plugin registered through its other hooks: a failed plugin is skipped whole."""
         for kind in COMPONENT_KINDS:
             self.components[kind] = {n: c for n, c in self.components[kind].items() if c.plugin != plugin}
         self.infos[plugin].components = {}
+        self.infos[plugin].descriptions = {}
 
     # -- queries -------------------------------------------------------------------------
     def settings(self, plugin: str) -> dict[str, Any]:
