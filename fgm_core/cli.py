@@ -82,6 +82,28 @@ def plugins_cmd(obj: Ctx, as_json: bool) -> None:
             click.echo(f"    error: {i['error']}")
 
 
+@cli.group("plugin")
+def plugin_group() -> None:
+    """Write plugins of your own."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Directory to create (default ./fgm-plugin-NAME); it must not exist.")
+@click.pass_obj
+def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
+    """Create a plugin package NAME: a divergence, an architecture, a dataset and a preset as
+    working examples, with tests and a README. Then: pip install -e DIR && fgm plugins."""
+    from fgm_core.scaffold import check_name, new_plugin
+
+    check_name(name)  # a bad name is reported before any plugin loads
+    target = new_plugin(name, out, taken=sorted(obj.plugins().infos))
+    click.echo(f"created {target}: plugin {name!r} with divergence {name}_hellinger, architecture {name}_mlp, "
+               f"dataset {name}_blobs and a preset")
+    click.echo(f"next: pip install -e {target} && fgm plugins && (cd {target} && pytest)")
+
+
 # --------------------------------------------------------------------------- train / config
 def _train_options(f):
     opts = [

@@ -13,8 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fgmhelp import cli
 
-from fgm_core.cli import main
 from fgm_core.plugins import clear_cache
 
 MOONS = '''
@@ -86,18 +86,6 @@ def clean(monkeypatch, tmp_path):
     clear_cache()
     yield
     clear_cache()
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``fgm ARGV`` in-process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write(path: Path, text: str) -> Path:
