@@ -24,7 +24,7 @@ DataKind = Literal["vector", "image"]
 
 # --------------------------------------------------------------------------- divergences
 class Divergence(ABC):
-    """An f-divergence in the forms the three critics need (fgm-math.md section 2.1).
+    """An f-divergence in the forms the three critics need (docs/math.md sections 2.1-2.2).
 
     ``T``/``C`` take the log density ratio ``s`` (density critic); ``activation``/``conjugate``
     serve free critics (joint, marginal). Every exponential goes through :meth:`exp`, which
@@ -93,7 +93,7 @@ class Divergence(ABC):
     def inverse_f_prime_log(self, t: Tensor) -> Tensor:
         """log (f')^{-1}(t): the log density ratio a free critic value implies.
 
-        Used to read a data density out of a joint critic (fgm-math.md section 4). The
+        Used to read a data density out of a joint critic (docs/math.md section 4). The
         default solves f'(e^s) = t by bisection on s, valid for any strictly convex f.
         """
         lo = torch.full_like(t, -60.0)
