@@ -31,6 +31,7 @@ class Divergence(ABC):
     clamps its argument to ``max_exp`` and counts clamped entries in ``clamped``.
     """
 
+    #: recorded by :meth:`describe` in exports; set it to the registered name (not checked).
     name: str = "divergence"
     #: f(1); 0 for a proper f-divergence, -log 4 for ``gan``.
     f_offset: float = 0.0
@@ -106,7 +107,8 @@ class Divergence(ABC):
         return (lo + hi) / 2
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able description recorded in runs and exports."""
+        """JSON-able description recorded in exports: name, f(1) and f'(1) only; override it
+        to add the divergence's parameters."""
         return {"name": self.name, "f_offset": self.f_offset, "f_prime_at_1": self.f_prime_at_1}
 
 
@@ -133,8 +135,10 @@ class Networks:
     - ``encoder(x) -> (mu, logvar)``, each ``(B, latent_dim)``.
     - ``decoder(z) -> mean``, ``(B, *data_shape)`` in model units (the core adds the
       Gaussian noise scale).
-    - ``critic(x, z)``: the density estimator l(x) for ``density``, V(x) for ``marginal``
-      (both ignore ``z``), V(x, z) for ``joint``; returns ``(B,)``.
+    - ``critic(x, z=None)``: the density estimator l(x) for ``density``, V(x) for ``marginal``
+      (both called as ``critic(x)``), V(x, z) for ``joint``; returns ``(B,)``. It must not
+      depend on the rest of the batch (no batch statistics): data and model samples are
+      scored in one call.
     """
 
     encoder: nn.Module
@@ -235,7 +239,8 @@ class DataBundle:
     train_labels: Tensor | None = None  # (N,) int64
     test_labels: Tensor | None = None
     label_names: list[str] | None = None
-    #: Mixture ground truth for 2-D synthetic sets: {"means": (K, D), "stds": (K, D)}.
+    #: Gaussian-mixture ground truth: {"means": (K, D), "stds": (K, D), optional "weights": (K,)}.
+    #: Evaluation needs it to assign samples to modes of labelled vector data.
     mixture: dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
