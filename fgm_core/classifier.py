@@ -1,5 +1,5 @@
 """A small image classifier trained locally on a dataset's training split: the feature network
-for image metrics (anchors.md 3: no Inception weights offline).
+for image metrics (no Inception weights are available offline).
 
 Deterministic (fixed seed, one thread while training), cached under ``$FGM_CACHE_DIR`` or
 ``~/.cache/fgm/classifiers/`` keyed by a hash of the dataset name, options, sizes and a data

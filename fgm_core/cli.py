@@ -95,8 +95,8 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins_cmd(obj: Ctx, as_json: bool) -> None:
-    """List loaded plugins: version, origin, hooks, registered components, and problems
-    (a component name two plugins register, a hook name fgm does not know)."""
+    """List loaded plugins: version, origin, hooks, the components they registered with their
+    descriptions, and problems (a component name two plugins register, a hook fgm does not know)."""
     ps = obj.plugins()
     infos = [i.as_dict() for i in sorted(ps.infos.values(), key=lambda i: i.name)]
     if as_json:
@@ -109,12 +109,36 @@ def plugins_cmd(obj: Ctx, as_json: bool) -> None:
             click.echo(f"    hooks: {', '.join(i['hooks'])}")
         for kind, names in sorted(i["components"].items()):
             click.echo(f"    {kind}: {', '.join(sorted(names))}")
+            for name, text in sorted(i["descriptions"].get(kind, {}).items()):
+                click.echo(f"      {name}: {text}")
         if i["error"]:
             click.echo(f"    error: {i['error']}")
         for msg in i["clashes"]:
             click.echo(f"    clash: {msg}: unusable until one plugin is blocked in plugins.toml")
         for msg in i["warnings"]:
             click.echo(f"    warning: {msg}")
+
+
+@cli.group("plugin")
+def plugin_group() -> None:
+    """Write plugins of your own."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Directory to create (default ./fgm-plugin-NAME); it must not exist.")
+@click.pass_obj
+def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
+    """Create a plugin package NAME: a divergence, an architecture, a dataset and a preset as
+    working examples, with tests and a README. Then: pip install -e DIR && fgm plugins."""
+    from fgm_core.scaffold import check_name, new_plugin
+
+    check_name(name)  # a bad name is reported before any plugin loads
+    target = new_plugin(name, out, taken=sorted(obj.plugins().infos))
+    click.echo(f"created {target}: plugin {name!r} with divergence {name}_hellinger, architecture {name}_mlp, "
+               f"dataset {name}_blobs and a preset")
+    click.echo(f"next: pip install -e {target} && fgm plugins && (cd {target} && pytest)")
 
 
 # --------------------------------------------------------------------------- train / config
@@ -231,7 +255,10 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
         cfg = validate(read_json(run_dir / "config.json"), str(run_dir / "config.json"))
     else:
         overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
-        cfg, _ = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+        cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
+        for kind, component in (("datasets", cfg.data.dataset), ("architectures", cfg.model.architecture),
+                                ("divergences", cfg.divergence.name)):
+            plugins.get(kind, component)  # an unknown name is the error `fgm train` gives
     click.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else dump_toml(cfg), nl=not as_json)
 
 

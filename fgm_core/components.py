@@ -24,13 +24,14 @@ DataKind = Literal["vector", "image"]
 
 # --------------------------------------------------------------------------- divergences
 class Divergence(ABC):
-    """An f-divergence in the forms the three critics need (fgm-math.md section 2.1).
+    """An f-divergence in the forms the three critics need (docs/math.md sections 2.1-2.2).
 
     ``T``/``C`` take the log density ratio ``s`` (density critic); ``activation``/``conjugate``
     serve free critics (joint, marginal). Every exponential goes through :meth:`exp`, which
     clamps its argument to ``max_exp`` and counts clamped entries in ``clamped``.
     """
 
+    #: recorded by :meth:`describe` in exports; set it to the registered name (not checked).
     name: str = "divergence"
     #: f(1); 0 for a proper f-divergence, -log 4 for ``gan``.
     f_offset: float = 0.0
@@ -93,7 +94,7 @@ class Divergence(ABC):
     def inverse_f_prime_log(self, t: Tensor) -> Tensor:
         """log (f')^{-1}(t): the log density ratio a free critic value implies.
 
-        Used to read a data density out of a joint critic (fgm-math.md section 4). The
+        Used to read a data density out of a joint critic (docs/math.md section 4). The
         default solves f'(e^s) = t by bisection on s, valid for any strictly convex f.
         """
         lo = torch.full_like(t, -60.0)
@@ -106,7 +107,8 @@ class Divergence(ABC):
         return (lo + hi) / 2
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able description recorded in runs and exports."""
+        """JSON-able description recorded in exports: name, f(1) and f'(1) only; override it
+        to add the divergence's parameters."""
         return {"name": self.name, "f_offset": self.f_offset, "f_prime_at_1": self.f_prime_at_1}
 
 
@@ -133,8 +135,10 @@ class Networks:
     - ``encoder(x) -> (mu, logvar)``, each ``(B, latent_dim)``.
     - ``decoder(z) -> mean``, ``(B, *data_shape)`` in model units (the core adds the
       Gaussian noise scale).
-    - ``critic(x, z)``: the density estimator l(x) for ``density``, V(x) for ``marginal``
-      (both ignore ``z``), V(x, z) for ``joint``; returns ``(B,)``.
+    - ``critic(x, z=None)``: the density estimator l(x) for ``density``, V(x) for ``marginal``
+      (both called as ``critic(x)``), V(x, z) for ``joint``; returns ``(B,)``. It must not
+      depend on the rest of the batch (no batch statistics): data and model samples are
+      scored in one call.
     """
 
     encoder: nn.Module
@@ -235,7 +239,8 @@ class DataBundle:
     train_labels: Tensor | None = None  # (N,) int64
     test_labels: Tensor | None = None
     label_names: list[str] | None = None
-    #: Mixture ground truth for 2-D synthetic sets: {"means": (K, D), "stds": (K, D)}.
+    #: Gaussian-mixture ground truth: {"means": (K, D), "stds": (K, D), optional "weights": (K,)}.
+    #: Evaluation needs it to assign samples to modes of labelled vector data.
     mixture: dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -204,14 +204,38 @@ class FGMConfig(_Section):
 
 
 # --------------------------------------------------------------------------- building
+#: The component-specific tables. Given empty (``options = {}``), one clears what the layers
+#: below set there instead of merging nothing into it.
+CLEARABLE_TABLES = ("options", "params")
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict merge; ``over`` wins. Option tables (``options``/``params``) merge too."""
+    """Nested dict merge; ``over`` wins. Tables merge key by key, except that an empty
+    ``options`` or ``params`` table in ``over`` replaces (clears) the one in ``base``."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and (v or k not in CLEARABLE_TABLES):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
+    return out
+
+
+def apply_override(data: dict[str, Any], item: str) -> dict[str, Any]:
+    """``data`` with one ``section.key=value`` override applied. The value *replaces* what is
+    at that key, a table included (``--set 'model.options={}'`` clears a preset's options);
+    ``--set model.options.hidden=64`` changes one entry and keeps the others."""
+    value: Any = parse_override(item)
+    parts = [p for p in item.partition("=")[0].strip().split(".") if p]
+    for p in parts:
+        value = value[p]
+    out = dict(data)
+    cur = out
+    for p in parts[:-1]:
+        below = cur.get(p)
+        cur[p] = dict(below) if isinstance(below, dict) else {}
+        cur = cur[p]
+    cur[parts[-1]] = value
     return out
 
 
@@ -278,7 +302,10 @@ def build_config(
     overrides: list[str] | None = None,
     presets: list[dict[str, Any]] | None = None,
 ) -> FGMConfig:
-    """defaults < plugin presets < config (TOML path or nested dict) < command-line overrides."""
+    """defaults < plugin presets < config (TOML path or nested dict) < command-line overrides.
+
+    Tables merge key by key (see :func:`deep_merge`); an override replaces the value at its
+    key (see :func:`apply_override`)."""
     data: dict[str, Any] = {}
     for p in presets or []:
         data = deep_merge(data, p)
@@ -289,7 +316,7 @@ def build_config(
     elif config is not None:
         data = deep_merge(data, config)
     for item in overrides or []:
-        data = deep_merge(data, parse_override(item))
+        data = apply_override(data, item)
     return validate(data, where)
 
 

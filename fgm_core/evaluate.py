@@ -1,5 +1,5 @@
 """Evaluation of a trained model (a run or an export): sample quality, held-out likelihood,
-image scores, and per-mode collapse detection (fgm-math.md sections 4-5, anchors.md 1-3).
+image scores, and per-mode collapse detection (docs/math.md sections 4-5).
 
 Everything works on a *model* that is either a :class:`fgm_core.run.Run` or an export runtime
 (for example ``fgm_onnx.runtime.OnnxRuntimeModel``): both sample, encode and score in data units.

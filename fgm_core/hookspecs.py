@@ -1,5 +1,9 @@
 """Hook specifications of the ``fgm`` plugin system (pluggy, entry-point group ``fgm``).
 
+A plugin is a module: an installed package declares ``NAME = "its_module"`` in the entry-point
+group ``fgm`` (the value is a module, not ``module:function``), and marks its hook functions
+with :data:`hookimpl` from this module. The full contract is in ``docs/plugins.md``.
+
 Every component hook receives a ``register`` callback and, optionally, ``settings``: the
 plugin's own table from ``plugins.toml`` (``[settings.<plugin>]``). An implementation may
 declare only the arguments it uses. Hooks are called once per plugin, when the plugin set

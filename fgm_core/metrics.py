@@ -1,4 +1,4 @@
-"""Sample-side metrics for 2-D Gaussian mixtures (PacGAN/VEEGAN protocol, anchors.md 1)."""
+"""Sample-side metrics for 2-D Gaussian mixtures (the PacGAN/VEEGAN protocol, docs/math.md section 5)."""
 
 from __future__ import annotations
 

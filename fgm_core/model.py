@@ -2,7 +2,7 @@
 
 Everything here works in *model units* (data mapped by the dataset's :class:`Scaling`);
 :class:`fgm_core.run.Run` converts to and from data units. Notation follows
-``fgm-math.md``: Q(x,z) = p_D(x) q(z|x) on the data side, P(x,z) = p(z) p(x|z) on the model
+``docs/math.md``: Q(x,z) = p_D(x) q(z|x) on the data side, P(x,z) = p(z) p(x|z) on the model
 side, s = log Q/P for the density critic, V the raw output of a free critic.
 """
 

@@ -178,6 +178,8 @@ class PluginInfo:
     origin: str  # distribution name or file path
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
+    #: kind -> component name -> the description given to ``register()`` (empty ones left out)
+    descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a misspelled hook name
     clashes: list[str] = field(default_factory=list)  # components another plugin registers too
@@ -190,6 +192,7 @@ class PluginInfo:
             "origin": self.origin,
             "hooks": self.hooks,
             "components": self.components,
+            "descriptions": self.descriptions,
             "error": self.error,
             "warnings": self.warnings,
             "clashes": self.clashes,
@@ -349,6 +352,8 @@ class PluginSet:
                     raise TypeError(f"component name must be a non-empty string, got {name!r}")
                 if not callable(factory):
                     raise TypeError(f"factory for {name!r} is not callable")
+                if not isinstance(description, str):
+                    raise TypeError(f"description of {name!r} must be a string, got {type(description).__name__}")
                 _staged.append(Component(kind, name, factory, _p, description))
 
             kwargs = {"register": register, "settings": self.settings(plugin)}
@@ -361,6 +366,8 @@ class PluginSet:
                 continue
             for c in staged:
                 self.infos[plugin].components.setdefault(kind, []).append(c.name)
+                if c.description:
+                    self.infos[plugin].descriptions.setdefault(kind, {})[c.name] = c.description
                 prev = self.components[kind].pop(c.name, None)
                 if prev is None and c.name not in self.clashes[kind]:
                     self.components[kind][c.name] = c
@@ -386,6 +393,7 @@ class PluginSet:
                     del self.clashes[kind][name]
                     self.components[kind].update({c.name: c for c in comps})
         self.infos[plugin].components = {}
+        self.infos[plugin].descriptions = {}
 
     # -- queries -------------------------------------------------------------------------
     def settings(self, plugin: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The divergences plugin against fgm-math.md sections 2.1 and 6.
+"""The divergences plugin against docs/math.md sections 2.2 and 6.
 
 Everything goes through the plugin registry (``PluginSet`` restricted to ``divergences``),
 as the core uses it. The closed forms are checked against their definition by f alone

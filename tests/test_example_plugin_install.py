@@ -9,60 +9,25 @@ guard uninstalls the package whatever happens.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fgmhelp import FGM, ROOT, assert_own_tests_pass, fgm, installed, pip_install, plugins_json, run, uninstall
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fgm-plugin-example"
 DIST = "fgm-plugin-example"
-FGM = Path(sys.executable).parent / "fgm"
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("FGM_PLUGINS", "FGM_PLUGINS_TOML", "FGM_STRICT_PLUGINS", "PYTHONPATH"):
-        env.pop(key, None)
-    env["FGM_NO_PROGRESS"] = "1"
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return env
-
-
-def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _fgm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return _run([str(FGM), *args], cwd)
-
-
-def _uninstall() -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "pip", "uninstall", "-y", DIST], ROOT)
-
-
-def _installed() -> bool:
-    r = _run([sys.executable, "-m", "pip", "show", DIST], ROOT)
-    return r.returncode == 0
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _always_uninstall():
     """Module-level guard: whatever the test does, the example is not left installed."""
     yield
-    if _installed():
-        _uninstall()
-
-
-def _plugins_json(cwd: Path) -> dict[str, dict]:
-    r = _fgm("plugins", "--json", cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return {p["name"]: p for p in json.loads(r.stdout)}
+    if installed(DIST):
+        uninstall(DIST)
 
 
 def test_install_use_and_uninstall_the_example_plugin(tmp_path: Path) -> None:
@@ -73,22 +38,21 @@ def test_install_use_and_uninstall_the_example_plugin(tmp_path: Path) -> None:
     src = tmp_path / DIST
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__",
                                                                  ".pytest_cache"))
-    if _installed():  # a leftover editable or earlier install: start from a clean slate
-        assert _uninstall().returncode == 0
+    if installed(DIST):  # a leftover editable or earlier install: start from a clean slate
+        assert uninstall(DIST).returncode == 0
 
     try:
-        r = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                  "--no-index", str(src)], tmp_path, timeout=180)
+        r = pip_install(src, tmp_path)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
         # a real install: the package imports from site-packages, not from the copy
-        r = _run([sys.executable, "-c", "import fgm_plugin_example as m; print(m.__file__, m.__version__)"], work)
+        r = run([sys.executable, "-c", "import fgm_plugin_example as m; print(m.__file__, m.__version__)"], work)
         assert r.returncode == 0, r.stderr
         where, version = r.stdout.split()
         assert version == "0.1.0" and "site-packages" in where and str(src) not in where
 
         # fgm plugins lists it as a third-party plugin with its hooks and components
-        plugins = _plugins_json(work)
+        plugins = plugins_json(work)
         ex = plugins["example"]
         assert ex["source"] == "third-party" and ex["origin"] == DIST and ex["version"] == "0.1.0"
         assert ex["error"] is None
@@ -97,12 +61,12 @@ def test_install_use_and_uninstall_the_example_plugin(tmp_path: Path) -> None:
         assert set(ex["hooks"]) == {"register_divergences", "register_architectures", "register_datasets",
                                     "plugin_preset"}
         assert all(p["source"] == "builtin" for n, p in plugins.items() if n != "example")
-        text = _fgm("plugins", cwd=work)
+        text = fgm("plugins", cwd=work)
         assert text.returncode == 0 and "example 0.1.0  [third-party: fgm-plugin-example]  ok" in text.stdout
 
         # train with its preset
         out = tmp_path / "runs"
-        r = _fgm("train", "--plugin", "example", "--steps", "20", "--out", str(out), "--device", "cpu",
+        r = fgm("train", "--plugin", "example", "--steps", "20", "--out", str(out), "--device", "cpu",
                  "--quiet", "--set", "run.progress=false", "--set", "data.options.n_train=2000",
                  "--set", "run.eval_samples=500", "--set", "run.tensorboard=false", cwd=work)
         assert r.returncode == 0, r.stderr
@@ -118,19 +82,15 @@ def test_install_use_and_uninstall_the_example_plugin(tmp_path: Path) -> None:
         assert (run_dir / "model.safetensors").exists() and (run_dir / "summary.json").exists()
 
         # the example's own test suite passes against the installed package
-        r = _run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
-                  str(src / "tests")], src,
-                 timeout=180)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-        assert " passed" in r.stdout and " failed" not in r.stdout and " skipped" not in r.stdout
+        assert_own_tests_pass(src)
     finally:
-        removed = _uninstall()
+        removed = uninstall(DIST)
     assert removed.returncode == 0, removed.stderr
-    assert not _installed()
+    assert not installed(DIST)
 
     # gone: not listed, and its components are unknown names again
-    assert "example" not in _plugins_json(work)
-    r = _fgm("train", "--dataset", "spiral", "--steps", "1", "--out", str(tmp_path / "runs2"), "--quiet",
+    assert "example" not in plugins_json(work)
+    r = fgm("train", "--dataset", "spiral", "--steps", "1", "--out", str(tmp_path / "runs2"), "--quiet",
              cwd=work)
     assert r.returncode != 0
     assert "unknown dataset 'spiral'" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,4 @@
-"""The f-GM math against independent references (fgm-math.md sections 2-4).
+"""The f-GM math against independent references (docs/math.md sections 2-4).
 
 Every reference here is written out in this file: Gaussian densities with their normaliser,
 each f(u) of the table, 2-D grid quadrature, the analytic marginal of a linear-Gaussian model,
@@ -46,7 +46,7 @@ def alpha_f(a: float):
     return lambda u: (u ** a - 1 - a * (u - 1)) / (a * (a - 1))
 
 
-#: f(u) of every built-in, written out (fgm-math.md section 2.1).
+#: f(u) of every built-in, written out (docs/math.md section 2.1).
 F_OF_U = {
     "kl": lambda u: u * np.log(u),
     "reverse_kl": lambda u: -np.log(u),
@@ -243,7 +243,7 @@ def test_kl_generator_gradient_is_the_negative_elbo_gradient(plugins):
 
 
 def test_kl_objective_identity_with_the_analytic_elbo(plugins):
-    """J = 1 + E[l] - E_P[e^s] - E[ELBO] (fgm-math.md section 3), with E_P[e^s] = integral of
+    """J = 1 + E[l] - E_P[e^s] - E[ELBO] (docs/math.md section 3), with E_P[e^s] = integral of
     exp(l) = 1 for the exact l, and the ELBO with its analytic KL, over a quantile grid."""
     model = exact_model(plugins.get("divergences", "kl").factory(max_exp=40.0))
     first, second = quantile_noise(600)

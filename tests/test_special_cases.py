@@ -1,4 +1,4 @@
-"""fgm-math.md section 3: the VAE and f-GAN special cases, and the variational bound."""
+"""docs/math.md section 3: the VAE and f-GAN special cases, and the variational bound."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_kl_density_generator_update_is_the_vae_update(plugins):
 
 
 def test_kl_density_objective_identity(plugins):
-    """J = 1 + E[l] - E_P[e^s] - E[ELBO] on a batch (fgm-math.md section 3, VAE), with s on
+    """J = 1 + E[l] - E_P[e^s] - E[ELBO] on a batch (docs/math.md section 3, VAE), with s on
     the model side and the ELBO written out here."""
     torch.manual_seed(1)
     model = tiny_model(plugins, "kl", "density")

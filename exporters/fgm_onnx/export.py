@@ -8,7 +8,7 @@ Roles (inputs and outputs in the data's own units; the data scaling is inside th
 - ``density``: density critic: ``x`` -> ``log_density (B,)`` = l(x) + log|d model/d data|.
   Free critics: ``x`` (and ``z (B, d)`` for the joint critic) -> ``critic (B,)``, the raw
   critic value V(x, z) or V(x); with a Gaussian generator and a strictly convex f also
-  ``eps (K, B, d)`` -> ``log_density (B,)``, the estimate of fgm-math.md section 4.
+  ``eps (K, B, d)`` -> ``log_density (B,)``, the estimate of docs/math.md section 4.
 - ``likelihood`` (Gaussian generator only): ``x`` and ``eps (K, B, d)`` ->
   ``log_likelihood (B,)``, the importance-sampled log p(x) with K encoder draws.
 

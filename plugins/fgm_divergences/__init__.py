@@ -1,6 +1,6 @@
 """Built-in f-divergences plugin (entry point ``divergences``).
 
-Registers the closed forms of fgm-math.md section 2.1 (kl, reverse_kl, pearson, neyman,
+Registers the closed forms of docs/math.md section 2.2 (kl, reverse_kl, pearson, neyman,
 hellinger, js, gan, total_variation, jeffrey, alpha) and ``custom``, a divergence defined by a
 formula for f (section 6). Each factory is called as ``factory(max_exp=..., **params)``;
 unknown or ill-typed params raise :class:`FGMError` naming the accepted ones.

@@ -1,4 +1,4 @@
-"""Closed-form f-divergences: the rows of the tables in fgm-math.md section 2.1.
+"""Closed-form f-divergences: the rows of the tables in docs/math.md section 2.2.
 
 Each class gives f(u), the density-critic pair T(s) = f'(e^s), C(s) = f*(f'(e^s)) as
 functions of the log ratio s (computed in log space: softplus, expm1, log1p, never e^s then a

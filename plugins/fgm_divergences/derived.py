@@ -1,4 +1,4 @@
-"""A divergence defined by f alone (fgm-math.md section 6).
+"""A divergence defined by f alone (docs/math.md section 6).
 
 :func:`from_f` validates a user's f on a wide log grid and derives everything else
 numerically, in float64 internally:

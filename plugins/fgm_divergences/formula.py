@@ -1,4 +1,4 @@
-"""A safe parser for user formulas f(u), e.g. ``"u*log(u)"`` (fgm-math.md section 6).
+"""A safe parser for user formulas f(u), e.g. ``"u*log(u)"`` (docs/math.md section 6).
 
 The text is parsed with :func:`ast.parse` into a syntax tree, every node is checked against
 a short whitelist, and the tree is turned into nested Python closures over torch operations.
