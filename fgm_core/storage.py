@@ -58,7 +58,7 @@ def sha256_hex(data: bytes) -> str:
 def check_sha256(path: Path, data: bytes, expected: str | None) -> bytes:
     """``data`` (read from ``path``) when its sha256 is ``expected``; ``None``: not checked."""
     if expected is not None and sha256_hex(data) != expected:
-        raise FGMError(f"{path} does not match the sha256 recorded for it (it was changed or replaced "
+        raise FGMError(f"{path} does not match the sha256 recorded for it (corrupt, or changed or replaced "
                        "after fgm wrote it)", "restore the original file, or retrain / re-export")
     return data
 
