@@ -475,7 +475,8 @@ SECTION_VALUES = {
     ("run", "steps"): st.integers(1, 10**9),
     ("run", "seed"): st.integers(-(2**62), 2**62),
     ("run", "checkpoint_every"): st.integers(1, 10**6),
-    ("run", "name"): st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20),
+    ("run", "name"): st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"], exclude_characters="/\\"),
+                             min_size=1, max_size=20).filter(lambda s: s not in (".", "..")),  # one folder name
     ("run", "progress"): st.booleans(),
     ("optim", "lr"): st.floats(min_value=1e-12, max_value=10.0, allow_nan=False),
     ("optim", "batch_size"): st.integers(1, 1 << 20),
