@@ -51,6 +51,16 @@ def confined_file(folder: Path, name: Any, source: Path | str) -> Path:
     return path
 
 
+def refuse_links(folder: Path) -> None:
+    """Refuse to write into ``folder`` (a run directory) while anything below it is a symbolic
+    link: a link planted in a shared folder would redirect fgm's appends and plots elsewhere."""
+    for root, dirs, files in os.walk(folder):
+        for n in dirs + files:
+            if os.path.islink(os.path.join(root, n)):
+                raise FGMError(f"{Path(root, n)} is a symbolic link; fgm writes only plain files inside {folder}",
+                               "replace the link by a copy of the file, or remove it")
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

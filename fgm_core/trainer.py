@@ -29,7 +29,8 @@ from fgm_core.errors import FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, confined_file, join_state, load_tensors, read_json, save_tensors, split_state, write_json,
+    FORMAT_VERSION, confined_file, join_state, load_tensors, read_json, refuse_links, save_tensors, split_state,
+    write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -209,6 +210,7 @@ class Trainer:
         cfg = self.cfg
         created = not self.run_dir.exists()
         if self.resume:
+            refuse_links(self.run_dir)
             self.load_checkpoint()
         else:
             self._start_run_dir()

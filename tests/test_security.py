@@ -392,3 +392,18 @@ def test_a_misspelled_hook_is_reported(tmp_path, capsys, monkeypatch):
     assert len({p["name"]: p for p in json.loads(out)}["typo"]["warnings"]) == 1
     code, _, err = cli(capsys, "--strict-plugins", "plugins")
     one_error(code, err, "'register_divergence', which is not an fgm hook")
+
+
+@pytest.mark.parametrize("command", ["resume", "plot"])
+def test_no_write_follows_a_link_planted_in_a_run(command, run, copy_of, tmp_path, capsys):
+    """A shared run whose metrics.jsonl points at a file elsewhere: resume and plot refuse it."""
+    r = copy_of(run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (r / "metrics.jsonl").unlink()
+    (r / "metrics.jsonl").symlink_to(victim)
+    argv = ["train", "--resume", str(r), "--steps", "60", "-q"] if command == "resume" else ["plot", str(r)]
+    code, _, err = cli(capsys, *argv)
+    one_error(code, err, "metrics.jsonl is a symbolic link")
+    assert victim.read_text() == "precious\n"
+    assert not (r / "plots").exists()
