@@ -1,7 +1,10 @@
 """Files on disk: atomic writes, safetensors for every tensor, JSON for everything else.
 
 Nothing is ever unpickled. Nested state (optimizer state dicts, RNG states) is split into a
-safetensors file of tensors and a JSON skeleton that refers to them by key.
+safetensors file of tensors and a JSON skeleton that refers to them by key. Run and export
+folders are data: a file name read from one stays inside it (:func:`confined_file`), weights,
+checkpoints and export files carry a recorded sha256 that is checked on load, and an export
+directory is replaced only when it is exactly an fgm export (:func:`check_export_target`).
 """
 
 from __future__ import annotations
