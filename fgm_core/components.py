@@ -269,8 +269,10 @@ class Exporter(ABC):
 
     @abstractmethod
     def export(self, run: Any, out_dir: Path, **options: Any) -> dict[str, Any]:
-        """Write the export of ``run`` (a :class:`fgm_core.run.Run`) into ``out_dir`` and
-        return its manifest (JSON-able). Validate before returning; raise on failure."""
+        """Write the export of ``run`` (a :class:`fgm_core.run.Run`) into ``out_dir`` (a fresh
+        directory) and return its manifest (JSON-able). Validate before returning; raise on
+        failure. fgm then adds ``exporter`` and ``files`` (every file's sha256) to
+        ``manifest.json`` and moves the directory into place; ``open`` should check them."""
 
     @abstractmethod
     def open(self, export_dir: Path, device: str = "auto") -> Any:

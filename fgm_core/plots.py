@@ -198,7 +198,9 @@ def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
-    p = Path(run_dir) / "metrics.jsonl"
+    from fgm_core.storage import confined_file
+
+    p = confined_file(Path(run_dir), "metrics.jsonl", Path(run_dir))
     if not p.exists():
         return []
     rows = []
@@ -241,10 +243,13 @@ def curves_figure(groups: dict[str, list[Path]], path: Path,
 def plot_run(run_dir: Path, out_dir: Path | None = None, n: int = 2500, seed: int = 0) -> list[Path]:
     """Samples, 2-D density heatmaps and training curves of one run (or export) directory."""
     from fgm_core.evaluate import open_model
+    from fgm_core.storage import refuse_links
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "plots"
     model = open_model(run_dir)
+    if out_dir is None and run_dir.is_dir():
+        refuse_links(run_dir)  # the plots go into the run directory: no link may lead them elsewhere
     info = model.info
     name = run_dir.name
     written = [samples_figure([(name, np.asarray(model.sample(n, seed=seed)), info)], out / "samples.png")]

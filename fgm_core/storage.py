@@ -1,7 +1,10 @@
 """Files on disk: atomic writes, safetensors for every tensor, JSON for everything else.
 
 Nothing is ever unpickled. Nested state (optimizer state dicts, RNG states) is split into a
-safetensors file of tensors and a JSON skeleton that refers to them by key.
+safetensors file of tensors and a JSON skeleton that refers to them by key. Run and export
+folders are data: a file name read from one stays inside it (:func:`confined_file`), weights,
+checkpoints and export files carry a recorded sha256 that is checked on load, and an export
+directory is replaced only when it is exactly an fgm export (:func:`check_export_target`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,16 @@ def confined_file(folder: Path, name: Any, source: Path | str) -> Path:
     return path
 
 
+def refuse_links(folder: Path) -> None:
+    """Refuse to write into ``folder`` (a run directory) while anything below it is a symbolic
+    link: a link planted in a shared folder would redirect fgm's appends and plots elsewhere."""
+    for root, dirs, files in os.walk(folder):
+        for n in dirs + files:
+            if os.path.islink(os.path.join(root, n)):
+                raise FGMError(f"{Path(root, n)} is a symbolic link; fgm writes only plain files inside {folder}",
+                               "replace the link by a copy of the file, or remove it")
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -106,7 +119,7 @@ def sha256_hex(data: bytes) -> str:
 def check_sha256(path: Path, data: bytes, expected: str | None) -> bytes:
     """``data`` (read from ``path``) when its sha256 is ``expected``; ``None``: not checked."""
     if expected is not None and sha256_hex(data) != expected:
-        raise FGMError(f"{path} does not match the sha256 recorded for it (it was changed or replaced "
+        raise FGMError(f"{path} does not match the sha256 recorded for it (corrupt, or changed or replaced "
                        "after fgm wrote it)", "restore the original file, or retrain / re-export")
     return data
 

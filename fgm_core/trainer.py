@@ -32,7 +32,8 @@ from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
     FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
-    lock_run_dir, never_checkpointed, read_json, read_record, save_tensors, split_state, truncate_rows, write_json,
+    lock_run_dir, never_checkpointed, read_json, read_record, refuse_links, save_tensors, split_state, truncate_rows,
+    write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -244,6 +245,7 @@ class Trainer:
         old = _install_stop(self)
         try:
             if self.resume:
+                refuse_links(self.run_dir)
                 self._on_rank0(self._lock_for_resume)
                 self.load_checkpoint()
                 self._on_rank0(self._record_resume)

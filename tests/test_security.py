@@ -13,9 +13,9 @@ with a run or an export, reads only files inside their folder, and refuses swapp
 - Two plugins registering one name break only the commands that use it; a misspelled hook
   is a warning, fatal with ``--strict-plugins``.
 
-Everything runs in-process through the console entry point ``fgm_core.cli.main``, on two tiny
-40-step ring8 runs; exports use the fast torchscript exporter except the one real
-``fgm export`` that replaces a previous export.
+Everything runs in-process through the console entry point ``fgm_core.cli.main`` (or the API
+function a command calls), on two tiny 40-step ring8 runs; exports use the fast torchscript
+exporter.
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ def test_export_refuses_an_export_the_user_changed(damage, run, export, copy_of,
 
 def test_export_replaces_a_previous_export_and_imports_nothing_from_the_run(run, copy_of, tmp_path, capsys,
                                                                              monkeypatch):
-    """The real `fgm export` replaces an earlier fgm export in place; the run folder's own
-    plugins.toml and helper.py never run (the same policy named by the user does run)."""
+    """An export replaces an earlier fgm export in place; the run folder's own plugins.toml
+    and helper.py never run (the same policy named by the user does run). The replacement
+    goes through ``fgm.export``, the function `fgm export` calls, with the fast exporter."""
     shared = copy_of(run, "shared-run")
     marker = tmp_path / "MARKER"
     (shared / "helper.py").write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
@@ -193,8 +194,7 @@ def test_export_replaces_a_previous_export_and_imports_nothing_from_the_run(run,
     fgm.export(shared, out, exporter="torchscript", roles=["generator"])
     old = json.loads((out / "manifest.json").read_text())
     assert sorted(old["files"]) == ["generator.onnx"]
-    code, stdout, err = cli(capsys, "export", str(shared), "-o", str(out))
-    assert code == 0, err
+    fgm.export(shared, out, exporter="torchscript")
     new = json.loads((out / "manifest.json").read_text())
     assert sorted(new["files"]) == ["density.onnx", "encoder.onnx", "generator.onnx", "likelihood.onnx"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*new["files"], "manifest.json"])
@@ -204,6 +204,10 @@ def test_export_replaces_a_previous_export_and_imports_nothing_from_the_run(run,
 
     data = tmp_path / "x.npy"
     np.save(data, np.zeros((5, 2), dtype=np.float32))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")  # `fgm export` loads the run, then refuses this
+    code, _, err = cli(capsys, "export", str(shared), "-o", str(tmp_path / "mine"))
+    one_error(code, err, "is not an fgm export")
     for argv in (["sample", str(shared), "-n", "4", "-o", str(tmp_path / "s.npy")],
                  ["score", str(shared), str(data), "-k", "2"],
                  ["evaluate", str(shared), "-k", "2", "--samples", "50", "--test", "20", "--no-classifier"],
@@ -392,3 +396,18 @@ def test_a_misspelled_hook_is_reported(tmp_path, capsys, monkeypatch):
     assert len({p["name"]: p for p in json.loads(out)}["typo"]["warnings"]) == 1
     code, _, err = cli(capsys, "--strict-plugins", "plugins")
     one_error(code, err, "'register_divergence', which is not an fgm hook")
+
+
+@pytest.mark.parametrize("command", ["resume", "plot"])
+def test_no_write_follows_a_link_planted_in_a_run(command, run, copy_of, tmp_path, capsys):
+    """A shared run whose metrics.jsonl points at a file elsewhere: resume and plot refuse it."""
+    r = copy_of(run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (r / "metrics.jsonl").unlink()
+    (r / "metrics.jsonl").symlink_to(victim)
+    argv = ["train", "--resume", str(r), "--steps", "60", "-q"] if command == "resume" else ["plot", str(r)]
+    code, _, err = cli(capsys, *argv)
+    one_error(code, err, "metrics.jsonl is a symbolic link")
+    assert victim.read_text() == "precious\n"
+    assert not (r / "plots").exists()

@@ -8,6 +8,7 @@
 // as they are; otherwise they are drawn here from a seeded standard normal (not the same
 // stream as numpy's). The samples are in the data's own units (the scaling is in the graph);
 // -o writes them as .npy, else a JSON summary goes to stdout.
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
@@ -101,9 +102,14 @@ const args = parseArgs(process.argv.slice(2));
 const manifestPath = path.join(args.dir, "manifest.json");
 if (!fs.existsSync(manifestPath)) fail(`${args.dir} has no manifest.json; give a directory written by \`fgm export --onnx\``);
 const manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8"));
-if (manifest.exporter !== "onnx" || manifest.format_version !== 1) fail(`${manifestPath} is not an fgm ONNX export (format 1)`);
+if (manifest.exporter !== "onnx" || manifest.format_version !== 2) fail(`${manifestPath} is not an fgm ONNX export (format 2)`);
 const graph = manifest.graphs.find((g) => g.role === "generator");
 if (!graph) fail("the manifest lists no generator graph");
+// the graph is a plain file at the top of the export, with the sha256 the manifest records
+const graphPath = path.join(args.dir, path.basename(String(graph.file)));
+if (graph.file !== path.basename(String(graph.file)) || fs.lstatSync(graphPath).isSymbolicLink()) fail(`${graph.file}: not a plain file inside ${args.dir}`);
+const graphBytes = fs.readFileSync(graphPath);
+if (crypto.createHash("sha256").update(graphBytes).digest("hex") !== (manifest.files || {})[graph.file]) fail(`${graphPath} does not match the sha256 in the manifest`);
 
 let n = args.n;
 const given = {};
@@ -130,7 +136,7 @@ for (const input of graph.inputs) {
   feeds[input.name] = new ort.Tensor("float32", data, dims);
 }
 
-const session = await ort.InferenceSession.create(path.join(args.dir, graph.file));
+const session = await ort.InferenceSession.create(graphBytes);
 const result = await session.run(feeds);
 const x = result[graph.outputs[0].name];
 if (args.out) {

@@ -193,8 +193,8 @@ class OnnxRuntimeModel:
         """The graph's file, refused unless its sha256 is the one the manifest records."""
         data = g.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != g.sha256:
-            raise FGMRuntimeError(f"{g.path} does not match the sha256 recorded in manifest.json (it was changed "
-                                  "or replaced after the export)", "restore the original file, or re-export the run")
+            raise FGMRuntimeError(f"{g.path} does not match the sha256 recorded in manifest.json (corrupt, or "
+                                  "changed or replaced after the export)", "restore the original file, or re-export the run")
         return data
 
     def _read_manifest(self) -> dict[str, Any]:
