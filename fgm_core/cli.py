@@ -13,7 +13,7 @@ import click
 
 from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
-from fgm_core.errors import FGMError, Interrupted
+from fgm_core.errors import FGMError, Interrupted, os_error_text
 
 class _Seed(click.ParamType):
     """Every --seed: an integer the config (run.seed) and every random generator accept."""
@@ -587,11 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # a file where a folder should be, permission denied, disk full: the user can fix these
         if debug:
             traceback.print_exc()
-        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not Path(str(e.filename)).is_dir():
-            what = f"{e.filename} (or a folder above it) is not a directory"
-        else:
-            what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        click.echo(f"fgm: error: {what} (check the path, its permissions and the free disk space)", err=True)
+        click.echo(f"fgm: error: {os_error_text(e)} (check the path, its permissions and the free disk space)", err=True)
         raise SystemExit(1) from None
     except BaseException as e:  # noqa: BLE001 - anything else, even a plugin's own BaseException, is one line
         if isinstance(e, SystemExit):

@@ -7,6 +7,7 @@ non-zero exit; tracebacks appear only with ``--debug``.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from collections.abc import Iterable
 
 
@@ -55,3 +56,11 @@ class Interrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return self.message
+
+
+def os_error_text(e: OSError) -> str:
+    """One phrase for an ``OSError`` the user can fix (a file where a folder should be, a
+    permission, a full disk), naming the file."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not Path(str(e.filename)).is_dir():
+        return f"{e.filename} (or a folder above it) is not a directory"
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")

@@ -27,7 +27,7 @@ from fgm_core import env
 from fgm_core.build import DataInfo, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
-from fgm_core.errors import PLUGIN_FAILURES, FGMError, Interrupted, PluginError
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, Interrupted, PluginError, os_error_text
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
@@ -322,8 +322,7 @@ class Trainer:
                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
         except OSError as e:  # disk full, permissions: name the file and what is kept
             self._cleanup_failed()
-            what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-            raise FGMError(f"{what}; {self._kept()}", "free disk space or fix the permissions, then "
+            raise FGMError(f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then "
                            "resume (or rerun) the same command") from None
         except BaseException:
             self._cleanup_failed()
@@ -510,10 +509,11 @@ class Trainer:
         try:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_c.load_state_dict(state["opt_c"])
-            if len(state["sched"]) != len(self.sched):
+            if len(state["sched"]) == len(self.sched):
+                for s, sd in zip(self.sched, state["sched"]):
+                    s.load_state_dict(sd)
+            elif not {"optim.schedule", "optim.warmup_steps"} & set(self.changes):  # a changed schedule starts afresh
                 raise ValueError(f"{len(state['sched'])} schedules stored, the run has {len(self.sched)}")
-            for s, sd in zip(self.sched, state["sched"]):
-                s.load_state_dict(sd)
             self.gen.set_state(state["gen"].cpu())
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             raise FGMError(f"{where} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]})",

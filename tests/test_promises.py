@@ -183,7 +183,7 @@ def full_disk_at(monkeypatch, name: str) -> None:
     def write(path, data):
         if Path(path).name == name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(path, data)
+        return real(path, data)
 
     monkeypatch.setattr(storage, "atomic_write_bytes", write)
 
@@ -372,7 +372,8 @@ def test_inputs_that_are_not_regular_files_are_refused_without_blocking(stopped_
     weights.unlink()
     weights.symlink_to("/dev/zero")
     code, err = cli(capsys, "sample", str(stopped_run), "-n", "4", "-o", str(tmp_path / "s.npy"))
-    assert code == 1 and f"weights file {weights} is not a regular file" in one_error_line(err)
+    line = one_error_line(err)  # refused as a link (path confinement) before any byte is read
+    assert code == 1 and str(weights) in line and ("symbolic link" in line or "not a regular file" in line)
     weights.unlink()
     with open(weights, "wb") as f:  # sparse: a 100 GiB file that takes no space
         f.truncate(100 << 30)

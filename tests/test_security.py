@@ -261,9 +261,9 @@ def test_checkpoint_tag_cannot_leave_the_run(tag, run, copy_of, tmp_path, capsys
     ptr["sha256"]["model.safetensors"] = sha(outside)  # only the confinement can stop it
     edit_json(r / "checkpoint.json", tag=tag, sha256=ptr["sha256"])
     code, _, err = cli(capsys, "sample", str(r), "-n", "2", "-o", str(tmp_path / "s.npy"))
-    one_error(code, err, "checkpoint.json names the file", "outside")
+    one_error(code, err, "checkpoint.json", "tag")
     code, _, err = cli(capsys, "train", "--resume", str(r), "--steps", "60", "-q")
-    one_error(code, err, "checkpoint.json names the file", "outside")
+    one_error(code, err, "checkpoint.json", "tag")
     assert not (tmp_path / "s.npy").exists()
 
 
