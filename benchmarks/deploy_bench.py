@@ -115,7 +115,7 @@ def main() -> None:
                 r = _spawn("--worker", "export", "--run", str(path), "--out", str(work / f"export-{name}-{exporter}"),
                            "--exporter", exporter)
                 rows.append({"model": name, "exporter": exporter, **r})
-                print(f"export {name:<6} {exporter:<7} {r.get('wall_s', float('nan')):6.1f} s in fgm.export "
+                print(f"export {name:<6} {exporter:<7} {r.get('wall_s', float('nan')):6.1f} s (import fgm_core + fgm.export) "
                       f"({r.get('export_seconds', float('nan')):.1f} s by the manifest) "
                       f"graphs {r.get('graphs', r.get('error'))}", flush=True)
         result["export"] = rows
