@@ -296,7 +296,7 @@ def test_node_client_runs_every_graph(ring, tmp_path):
 def test_gpu_check_cpu_part_runs(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-only", "--quick",
-                           "--work", str(tmp_path), "--json", str(tmp_path / "gpu_check.json")],
+                           "--work", str(tmp_path), "--json", str(tmp_path / "gpu_check.json"), "--seconds", "0.05"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())

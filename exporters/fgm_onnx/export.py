@@ -485,16 +485,18 @@ def export_graph(spec: GraphSpec, run: Any, model: nn.Module, path: Path, opset:
     """
     ref = model if ref is None else ref
     tol = tol or Tolerance()
-    tries = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
-    for i, name in enumerate(tries):
+    def attempt(name: str) -> bool:
+        _export_checked(spec, run, model, path, opset, name)
+        spec.exporter = name
+        return _parity(spec, path, model, ref, ref64, run.info.scaling, tol)
+
+    if exporter == "auto":
         try:
-            _export_checked(spec, run, model, path, opset, name)
-            spec.exporter = name
-            return _parity(spec, path, model, ref, ref64, run.info.scaling, tol)
-        except FGMError:
-            if i == len(tries) - 1:
-                raise
-    raise AssertionError("unreachable")
+            return attempt("torchscript")
+        except FGMError:  # an operator it lacks, or a graph that fails the checks: dynamo decides
+            pass
+        exporter = "dynamo"
+    return attempt(exporter)
 
 
 def _export_checked(spec: GraphSpec, run: Any, model: nn.Module, path: Path, opset: int, exporter: str) -> None:
