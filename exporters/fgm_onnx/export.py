@@ -14,7 +14,9 @@ Roles (inputs and outputs in the data's own units; the data scaling is inside th
 
 Noise is always an input. B and K are dynamic. The graphs are computed by small modules
 written for export (no Python arithmetic on shapes, so no dimension is baked in); parity is
-checked against the model's own methods (:class:`fgm_core.model.FGMModel`), the reference.
+checked against the model's own methods (:class:`fgm_core.model.FGMModel`) run in float64,
+with a tolerance that grows with PyTorch float32's own error on each output
+(:class:`Tolerance`). ``manifest.json`` is the client contract (docs/deploy.md).
 """
 
 from __future__ import annotations
