@@ -107,8 +107,9 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     return manifest
 
 
-def open_export(path: str | Path, device: str = "auto") -> Any:
-    """Open an export directory with the exporter that wrote it (see its manifest)."""
+def open_export(path: str | Path, device: str = "auto", **options: Any) -> Any:
+    """Open an export directory with the exporter that wrote it (see its manifest); ``options``
+    go to its runtime (ONNX: ``threads``, ``spinning``, ``rows_per_call``, ``clip``)."""
     from fgm_core.storage import MANIFEST, confined_file, read_json
 
     path = Path(path)
@@ -116,4 +117,4 @@ def open_export(path: str | Path, device: str = "auto") -> Any:
     fmt = manifest.get("exporter") if isinstance(manifest, dict) else None
     if not isinstance(fmt, str) or not fmt:
         raise FGMError(f"{path / 'manifest.json'} names no exporter", "is this an fgm export directory?")
-    return get_plugins().get("exporters", fmt).factory().open(path, device=device)
+    return get_plugins().get("exporters", fmt).factory().open(path, device=device, **options)

@@ -263,15 +263,36 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
 
 
 # --------------------------------------------------------------------------- use a model
-def _open(path: Path, device: str):
+def _runtime_options(f):
+    """``--device``, ``--threads`` and ``-v``, shared by the commands that run a model."""
+    opts = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--threads", type=int, default=None,
+                     help="Threads for an export's onnxruntime session or a run's torch (default: their own)."),
+        click.option("--verbose", "-v", is_flag=True, help="Also say when an export runs on the CPU."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _open(path: Path, device: str, threads: int | None = None, verbose: bool = False):
     """A run directory (torch) or an export directory (its exporter's runtime)."""
+    if threads is not None and threads < 1:
+        raise FGMError(f"--threads must be at least 1, got {threads}", "use --threads 1 or more")
     if (path / "manifest.json").exists():
         from fgm_core.api import open_export
 
-        model = open_export(path, device=device)
+        model = open_export(path, device=device, **({"threads": threads} if threads else {}))
         if device == "auto" and hasattr(model, "settle_device"):
-            click.echo(f"fgm: {model.settle_device()}", err=True)  # say which provider auto got
+            message = model.settle_device()  # one line, and for the CPU only when asked
+            if verbose or getattr(model, "provider", None) != "CPUExecutionProvider":
+                click.echo(f"fgm: {message}", err=True)
         return model
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from fgm_core.run import Run
 
     return Run.load(path, device="cpu" if device == "auto" else device)
@@ -336,8 +357,11 @@ def _write_array(arr, out: Path | None, header: str) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="out.npy or out.png.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: str) -> None:
+@click.option("--clip/--no-clip", default=None,
+              help="Clip image samples to the data range (an export's default is in its manifest).")
+@_runtime_options
+def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, clip: bool | None, device: str,
+               threads: int | None, verbose: bool) -> None:
     """Draw N samples from RUN_DIR (a run or an export directory) into .npy or .png."""
     import numpy as np
 
@@ -347,11 +371,12 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: 
 
     if n < 1:
         raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
-    model = _open(run_dir, device)
+    if clip is not None and not (run_dir / "manifest.json").exists():
+        raise FGMError("--clip/--no-clip apply to export directories", "leave it out for a run directory")
+    model = _open(run_dir, device, threads, verbose)
     check_result_size(n, model.info.dims, f"-n {n} samples of {model.info.dims} values",
                       "use a smaller -n; several calls with different --seed add up")
-    x = model.sample(n, seed=seed, noise=not mean)
-    x = np.asarray(x)
+    x = np.asarray(model.sample(n, seed=seed, noise=not mean, **({} if clip is None else {"clip": clip})))
     if out.suffix == ".npy":
         _write_array(x, out, "")
     else:
@@ -365,12 +390,12 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
-@click.option("--device", default="auto", show_default=True)
-def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None:
+@_runtime_options
+def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str, threads: int | None, verbose: bool) -> None:
     """Posterior mean of q(z|x) for each row of DATA (.npy/.npz/.csv)."""
     import numpy as np
 
-    model = _open(run_dir, device)
+    model = _open(run_dir, device, threads, verbose)
     mu, _ = model.encode(_read_array(data))
     _write_array(np.asarray(mu), out, "")
     if out:
@@ -384,15 +409,16 @@ def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None
 @click.option("--density", is_flag=True, help="Also print the density estimator's log p_D(x).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str) -> None:
+@_runtime_options
+def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str,
+              threads: int | None, verbose: bool) -> None:
     """Per-row model log-likelihood of DATA, in nats (importance-sampled, K=k)."""
     import numpy as np
 
     from fgm_core.run import check_k
 
     check_k(k)
-    model = _open(run_dir, device)
+    model = _open(run_dir, device, threads, verbose)
     x = _read_array(data)
     ll = np.asarray(model.log_likelihood(x, k=k, seed=seed))
     cols, header = [ll], "log_likelihood"
@@ -411,10 +437,15 @@ def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None
 @click.option("--format", "fmt", default=None, help="Exporter name (see `fgm plugins`).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/export-FORMAT).")
 @click.option("--opset", type=int, default=None, help="ONNX opset version.")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default=None,
+              help="torch's ONNX exporter (auto: TorchScript-based, dynamo where that fails).")
+@click.option("--atol", type=float, default=None, help="Parity tolerance floor (absolute), recorded in the manifest.")
+@click.option("--rtol", type=float, default=None, help="Parity tolerance (relative), recorded in the manifest.")
+@click.option("--clip", is_flag=True, default=None, help="Have the runtime clip image samples to the data range by default.")
 @click.option("--runs", "runs_dir", default="runs", show_default=True, help="Where to find the latest run.")
 @click.pass_obj
 def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None, out: Path | None, opset: int | None,
-               runs_dir: str) -> None:
+               exporter: str | None, atol: float | None, rtol: float | None, clip: bool | None, runs_dir: str) -> None:
     """Export RUN_DIR (default: the most recent run) for deployment."""
     from fgm_core.api import export, latest_run
 
@@ -423,7 +454,8 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
         raise FGMError("--onnx and --format disagree", "give one of them")
     obj.plugins()
     run_dir = run_dir or latest_run(runs_dir)
-    options = {"opset": opset} if opset is not None else {}
+    given = {"opset": opset, "exporter": exporter, "atol": atol, "rtol": rtol, "clip": clip}
+    options = {k: v for k, v in given.items() if v is not None}
     manifest = export(run_dir, out, fmt=fmt, **options)
     where = out or Path(run_dir) / f"export-{fmt}"
     click.echo(f"exported {run_dir} to {where}")
@@ -446,9 +478,10 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@click.option("--threads", type=int, default=None, help="Threads for an export's onnxruntime session or a run's torch.")
 @click.pass_obj
 def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
-                 full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None) -> None:
+                 full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None, threads: int | None) -> None:
     """Evaluate a run or an export directory on held-out data: mixture metrics, likelihood,
     image scores and per-mode collapse detection."""
     from fgm_core.config import parse_value
@@ -457,7 +490,9 @@ def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_
     if k < 1 or n_samples < 1 or n_test < 1:
         raise FGMError("-k, --samples and --test must be positive", "use values of 1 or more")
     obj.plugins()
-    model = open_model(path, device="cpu")
+    if threads is not None and threads < 1:
+        raise FGMError(f"--threads must be at least 1, got {threads}", "use --threads 1 or more")
+    model = open_model(path, device="cpu", threads=threads)
     options = {}
     for item in data_sets:
         if "=" not in item:

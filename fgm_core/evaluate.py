@@ -52,20 +52,23 @@ GAP_SHARE = 0.5
 
 
 # --------------------------------------------------------------------------- opening models
-def open_model(path: str | Path, device: str = "cpu") -> Any:
-    """A run directory (torch :class:`Run`) or an export directory (its exporter's runtime)."""
+def open_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """A run directory (torch :class:`Run`) or an export directory (its exporter's runtime);
+    ``threads``: the runtime's threads, or torch's for a run."""
     path = Path(path)
     if not path.is_dir():
         raise FGMError(f"{path} is not a directory", "give a run directory or an export directory")
     if (path / "manifest.json").exists():
         from fgm_core.api import open_export
 
-        return open_export(path, device=device)
+        return open_export(path, device=device, **({"threads": threads} if threads else {}))
     if not (path / "fgm.json").exists():
         raise FGMError(f"{path} is neither a run directory nor an export directory",
                        "give the directory `fgm train` or `fgm export` wrote")
     from fgm_core.run import Run
 
+    if threads:
+        torch.set_num_threads(threads)
     return Run.load(path, device=device)
 
 

@@ -282,9 +282,9 @@ def test_cli_export_latest_run_sample_encode_score(runs, workdir, tmp_path):
     data = tmp_path / "data.npy"
     x = _data(run, 5)
     np.save(data, x)
-    res = runner.invoke(cli, ["encode", str(out), str(data), "-o", str(tmp_path / "mu.npy")])
+    res = runner.invoke(cli, ["encode", str(out), str(data), "-o", str(tmp_path / "mu.npy"), "-v", "--threads", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "onnxruntime: running on" in res.output  # --device auto says which provider it got
+    assert "onnxruntime: running on" in res.output  # --device auto -v says which provider it got
     np.testing.assert_allclose(np.load(tmp_path / "mu.npy"), run.encode(x)[0].numpy(), rtol=1e-4, atol=1e-5)
 
     res = runner.invoke(cli, ["score", str(out), str(data), "-k", "20", "--density", "-o", str(tmp_path / "sc.csv")])
@@ -464,13 +464,19 @@ def _node_modules(tmp_path: Path) -> Path | None:
     return copy if (copy / "node_modules" / "onnxruntime-node").is_dir() else None
 
 
-def test_node_example(exports, tmp_path):
+def node_example(tmp_path: Path) -> tuple[str, Path]:
+    """(node, the example directory with onnxruntime-node), or skip the test."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     where = _node_modules(tmp_path)
     if where is None:
         pytest.skip("onnxruntime-node is not installed and `npm install --ignore-scripts` did not finish in 60 s")
+    return node, where
+
+
+def test_node_example(exports, tmp_path):
+    node, where = node_example(tmp_path)
     _, out, _ = exports("dcgan-density")
     g = np.random.default_rng(0)
     z = g.standard_normal((5, 3)).astype(np.float32)

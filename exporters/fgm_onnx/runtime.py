@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ import numpy as np
 import onnxruntime as ort
 
 FORMAT_VERSION = 2  # 2: manifest.json records the sha256 of every file ("files")
+SAMPLE_BLOCK = 4096  # rows of noise drawn at once by sample(): part of the seed rule (manifest "sampling")
+SCORE_BLOCK = 512  # rows per eps draw in log_likelihood / log_density: part of the seed rule too
+DEFAULT_ROWS = 1024  # rows (or rows x K) per call when an older manifest gives no rows_per_call
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 ROLES = ("generator", "encoder", "density", "likelihood")
@@ -80,6 +84,7 @@ class _Graph:
     sha256: str = ""
     session: Any = None
     meta: dict[str, str] = field(default_factory=dict)
+    rows: int = DEFAULT_ROWS  # rows (rows x K) per call: the manifest's recommendation
 
 
 # --------------------------------------------------------------------------- helpers
@@ -112,7 +117,8 @@ def _first_error(log: str) -> str:
     for line in text.splitlines():
         if "Failed" in line or "Require" in line or "error" in line.lower():
             line = line.split("]", 2)[-1].strip() if "]" in line else line.strip()
-            return re.sub(r"^[:\s\d]*FAIL\s*:\s*", "", line)[:300]
+            line = re.sub(r"^[:\s\d]*FAIL\s*:\s*", "", line)
+            return line.split("with error: ", 1)[-1][:120]  # e.g. "libcublasLt.so.13: cannot open shared ..."
     return "no reason given"
 
 
@@ -138,15 +144,25 @@ class OnnxRuntimeModel:
     ``device``: ``auto`` (CUDA when onnxruntime really runs the graphs on it, else CPU; the
     choice is in :attr:`provider` and :attr:`device_message`), ``cpu``, ``cuda`` or
     ``cuda:N`` (an error unless the CUDA execution provider is the one running).
-    ``threads`` sets onnxruntime's intra-op threads; ``spinning=False`` stops idle worker
-    threads from spinning (fairer for benchmarks, kinder to shared machines).
+    ``threads`` sets onnxruntime's intra-op threads (its default: one per core); ``spinning=False``
+    stops idle worker threads from spinning (fairer for benchmarks, kinder to shared machines).
+    ``rows_per_call`` caps the rows (rows x K for the graphs that take K draws) of every graph
+    call; by default each graph's ``rows_per_call.recommended`` from the manifest, so memory
+    stays bounded whatever the batch. ``clip``: clip image samples to the data range (default:
+    the manifest's ``sampling.clip.default``).
     """
 
     def __init__(self, export_dir: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, rows_per_call: int | None = None, clip: bool | None = None) -> None:
         self.path = Path(export_dir)
         self.device, self.device_id = _parse_device(device)
+        if threads is not None:
+            _positive_int(threads, "threads", "--threads")
+        if rows_per_call is not None:
+            _positive_int(rows_per_call, "rows_per_call", "--rows-per-call")
         self.threads = threads
+        self.rows_per_call = rows_per_call
+        self.clip = clip
         self.spinning = spinning
         self.manifest = self._read_manifest()
         m = self.manifest
@@ -163,7 +179,16 @@ class OnnxRuntimeModel:
             self.divergence = m.get("divergence")
             files = m["files"]
             self.graphs = {g["role"]: _Graph(g["role"], self._top_file(g["file"], "graph file"), g["inputs"], g["outputs"],
-                                             str(files[g["file"]])) for g in m["graphs"]}
+                                             str(files[g["file"]]),
+                                             rows=int((g.get("rows_per_call") or {}).get("recommended") or DEFAULT_ROWS))
+                           for g in m["graphs"]}
+            sampling = m.get("sampling") or {}
+            self.sample_block = int(sampling.get("block_rows", SAMPLE_BLOCK))
+            self.score_block = int(sampling.get("score_block_rows", SCORE_BLOCK))
+            clip_info = sampling.get("clip") or {}
+            self.data_range = tuple(float(v) for v in clip_info["range"]) if clip_info.get("range") else None
+            if self.clip is None:
+                self.clip = bool(clip_info.get("default", False))
         except (KeyError, TypeError, ValueError) as e:
             raise FGMRuntimeError(f"{self.path / 'manifest.json'} is missing or has a bad field ({e!r})",
                                   "re-export the run with `fgm export --onnx`") from None
@@ -227,6 +252,7 @@ class OnnxRuntimeModel:
 
     def _options(self) -> Any:
         opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: a CUDA provider that does not load is reported by us, in one line
         if self.threads is not None:
             opts.intra_op_num_threads = int(self.threads)
             opts.inter_op_num_threads = 1
@@ -261,7 +287,7 @@ class OnnxRuntimeModel:
             raise FGMRuntimeError(f"device cuda: onnxruntime did not start the CUDA execution provider "
                                   f"(the session runs on {active}; {reason})",
                                   "install the CUDA and cuDNN versions this onnxruntime-gpu needs, or use --device cpu/auto")
-        self._settle(sess, [CPU], f"onnxruntime: running on {CPU} (CUDA did not start: {reason})")
+        self._settle(sess, [CPU], f"onnxruntime: running on {CPU} (CUDA did not start: {reason[:120]})")
         return sess
 
     def _settle(self, sess: Any, providers: list[Any], message: str) -> None:
@@ -376,14 +402,59 @@ class OnnxRuntimeModel:
         self._check_finite(arr, what)
         return arr
 
+    # ------------------------------------------------------------------ calls of bounded size
+    def _rows(self, role: str, override: int | None = None) -> int:
+        """Rows (rows x K for graphs that take K draws) per call for ``role``."""
+        if override is not None:
+            return _positive_int(override, "batch", "batch=")
+        return self.rows_per_call or self.graphs[role].rows
+
+    def _run_rows(self, role: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None,
+                  rows: int | None = None) -> list[np.ndarray]:
+        """Run a graph whose inputs all have rows on axis 0, in calls of at most ``rows`` rows."""
+        n = next(iter(feeds.values())).shape[0]
+        step = self._rows(role, rows)
+        parts = [self.run(role, {k: v[i:i + step] for k, v in feeds.items()}, outputs) for i in range(0, n, step)]
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in zip(*parts)]
+
+    def _run_k(self, role: str, feeds: dict[str, np.ndarray], eps: np.ndarray, output: str, mean: bool,
+               rows: int | None = None) -> np.ndarray:
+        """Run a graph that averages over K draws (``eps`` (K, N, d)) in calls of at most the
+        per-call budget of rows x K. Chunks of K are combined exactly: a log-mean-exp of the
+        chunks' log-means (``mean=False``, the likelihood) or a weighted mean (``mean=True``)."""
+        k, n = eps.shape[0], eps.shape[1]
+        budget = self._rows(role, rows)
+        kc = min(k, budget)
+        step = max(1, budget // kc)
+        out = []
+        for i in range(0, n, step):
+            part = {name: v[i:i + step] for name, v in feeds.items()}
+            chunks = [self.run(role, {**part, "eps": eps[j:j + kc, i:i + step]}, [output])[0] for j in range(0, k, kc)]
+            if len(chunks) == 1:
+                out.append(chunks[0])
+                continue
+            sizes = np.array([min(kc, k - j) for j in range(0, k, kc)], np.float64)[:, None]
+            c = np.stack(chunks).astype(np.float64)
+            if mean:
+                out.append(((c * sizes).sum(0) / k).astype(np.float32))
+            else:
+                a = c + np.log(sizes)
+                top = np.max(a, 0)
+                safe = np.where(np.isfinite(top), top, 0.0)
+                out.append((safe + np.log(np.exp(a - safe).sum(0)) - math.log(k)).astype(np.float32))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
     # ------------------------------------------------------------------ the abilities
     def sample(self, n: int | None = None, seed: int = 0, z: Any = None, eps: Any = None, noise: bool = True,
-               batch: int = 4096) -> np.ndarray:
+               batch: int | None = None, clip: bool | None = None) -> np.ndarray:
         """``n`` samples in data units, (n, *data_shape) float32.
 
         Noise: ``z`` (n, d) and ``eps`` (n, *data_shape) if given, else standard normal
-        draws from ``numpy.random.default_rng(seed)`` (z then eps, per batch of ``batch``).
-        ``noise=False`` gives the generator means (eps = 0).
+        draws from ``numpy.random.default_rng(seed)``: per block of ``sampling.block_rows``
+        rows (4096), z then eps (the manifest's ``sampling.sample_rule``). ``noise=False``
+        gives the generator means (eps = 0). ``batch``: rows per graph call (default: the
+        manifest's recommendation). ``clip``: clip image samples to the data range (default:
+        the runtime's ``clip``); noise given or drawn is never affected.
         """
         d, shape = self.latent_dim, self.data_shape
         self._session("generator")
@@ -399,11 +470,10 @@ class OnnxRuntimeModel:
             if not gaussian:
                 raise RuntimeInputError("this generator is deterministic and takes no eps", "leave eps out")
             eps = self._check_noise(eps, (n, *shape), "eps")
-        batch = _positive_int(batch, "batch", "batch=")
         rng = np.random.default_rng(seed)
         out = []
-        for i in range(0, n, batch):
-            b = min(batch, n - i)
+        for i in range(0, n, self.sample_block):
+            b = min(self.sample_block, n - i)
             zb = z[i:i + b] if z is not None else rng.standard_normal((b, d), dtype=np.float32)
             feeds = {"z": zb}
             if gaussian:
@@ -413,43 +483,49 @@ class OnnxRuntimeModel:
                     feeds["eps"] = rng.standard_normal((b, *shape), dtype=np.float32)
                 else:
                     feeds["eps"] = np.zeros((b, *shape), np.float32)
-            out.append(self.run("generator", feeds)[0])
-        return np.concatenate(out)
+            out.append(self._run_rows("generator", feeds, rows=batch)[0])
+        x = out[0] if len(out) == 1 else np.concatenate(out)
+        if (self.clip if clip is None else clip) and self.data_range is not None:
+            np.clip(x, *self.data_range, out=x)
+        return x
 
-    def encode(self, x: Any, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, x: Any, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and log-variance of q(z|x) for data-unit ``x``, each (N, d)."""
         x = self._check_x(x)
-        mus, lvs = [], []
-        for i in range(0, x.shape[0], batch):
-            mu, lv = self.run("encoder", {"x": x[i:i + batch]})
-            mus.append(mu)
-            lvs.append(lv)
-        return np.concatenate(mus), np.concatenate(lvs)
+        mu, lv = self._run_rows("encoder", {"x": x}, rows=batch)
+        return mu, lv
 
     def _latent_noise(self, eps: Any, k: int, n: int, what: str = "eps") -> np.ndarray | None:
         if eps is None:
             return None
         return self._check_noise(eps, (-1, n, self.latent_dim), what)
 
-    def log_likelihood(self, x: Any, k: int = 100, seed: int = 0, eps: Any = None, batch: int = 512) -> np.ndarray:
+    def _k_blocks(self, x: np.ndarray, k: int, seed: int, eps: np.ndarray | None):
+        """(rows slice, eps (K, b, d)) per block of ``sampling.score_block_rows`` rows: the seed rule."""
+        rng = np.random.default_rng(seed)
+        for i in range(0, x.shape[0], self.score_block):
+            b = min(self.score_block, x.shape[0] - i)
+            e = eps[:, i:i + b] if eps is not None else rng.standard_normal((k, b, self.latent_dim), dtype=np.float32)
+            yield slice(i, i + b), e
+
+    def log_likelihood(self, x: Any, k: int = 100, seed: int = 0, eps: Any = None,
+                       batch: int | None = None) -> np.ndarray:
         """Importance-sampled log p(x) per row, nats, data units (K = ``k`` encoder draws).
 
-        ``eps`` (K, N, d): the standard normal draws to use instead of ``seed``'s.
+        ``eps`` (K, N, d): the standard normal draws to use instead of ``seed``'s. Calls hold
+        at most ``batch`` rows x K (default: the manifest's recommendation); K itself is split
+        across calls when needed and the parts are combined exactly (log-mean-exp).
         """
         x = self._check_x(x)
         self._session("likelihood")
         k = _positive_int(k, "k", "-k")
         eps = self._latent_noise(eps, k, x.shape[0])
-        rng = np.random.default_rng(seed)
-        out = []
-        for i in range(0, x.shape[0], batch):
-            xb = x[i:i + batch]
-            e = eps[:, i:i + batch] if eps is not None else rng.standard_normal((k, xb.shape[0], self.latent_dim),
-                                                                               dtype=np.float32)
-            out.append(self.run("likelihood", {"x": xb, "eps": e})[0])
-        return np.concatenate(out)
+        out = [self._run_k("likelihood", {"x": x[rows]}, e, "log_likelihood", mean=False, rows=batch)
+               for rows, e in self._k_blocks(x, k, seed, eps)]
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def log_density(self, x: Any, k: int = 16, seed: int = 0, eps: Any = None, batch: int = 512) -> np.ndarray:
+    def log_density(self, x: Any, k: int = 16, seed: int = 0, eps: Any = None,
+                    batch: int | None = None) -> np.ndarray:
         """The density estimator's log p_D(x) per row, nats, data units.
 
         Density critic: l(x). Free critics: the section-4 estimate averaged over ``k`` encoder
@@ -463,37 +539,35 @@ class OnnxRuntimeModel:
                 f"divergence {self._divergence_name()!r})",
                 "a free critic yields densities only with a Gaussian generator and a strictly convex f")
         names = [i["name"] for i in g.inputs]
+        if "eps" not in names:
+            return self._run_rows("density", {"x": x}, ["log_density"], rows=batch)[0]
         k = _positive_int(k, "k", "-k")
         eps = self._latent_noise(eps, k, x.shape[0])
-        rng = np.random.default_rng(seed)
         out = []
-        for i in range(0, x.shape[0], batch):
-            xb = x[i:i + batch]
-            feeds = {"x": xb}
-            if "eps" in names:
-                feeds["eps"] = eps[:, i:i + batch] if eps is not None else rng.standard_normal(
-                    (k, xb.shape[0], self.latent_dim), dtype=np.float32)
+        for rows, e in self._k_blocks(x, k, seed, eps):
+            feeds = {"x": x[rows]}
             if "z" in names:  # the critic output is not wanted here; z only feeds it
-                feeds["z"] = np.zeros((xb.shape[0], self.latent_dim), np.float32)
-            out.append(self.run("density", feeds, ["log_density"])[0])
-        return np.concatenate(out)
+                feeds["z"] = np.zeros((feeds["x"].shape[0], self.latent_dim), np.float32)
+            out.append(self._run_k("density", feeds, e, "log_density", mean=True, rows=batch))
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def critic(self, x: Any, z: Any = None) -> np.ndarray:
+    def critic(self, x: Any, z: Any = None, batch: int | None = None) -> np.ndarray:
         """The raw critic value per row: V(x, z) (joint, needs ``z``), V(x) (marginal), or the
         density estimator's log p_D(x) in data units (density)."""
         x = self._check_x(x)
         self._session("density")
         if self.critic_form == "density":
-            return self.run("density", {"x": x})[0]
+            return self._run_rows("density", {"x": x}, rows=batch)[0]
         names = [i["name"] for i in self.graphs["density"].inputs]
         feeds = {"x": x}
         if "z" in names:
             if z is None:
                 raise RuntimeInputError("the joint critic V(x, z) needs z", "pass z, shape (N, latent_dim)")
             feeds["z"] = self._check_noise(z, (x.shape[0], self.latent_dim), "z")
-        if "eps" in names:
-            feeds["eps"] = np.zeros((1, x.shape[0], self.latent_dim), np.float32)
-        return self.run("density", feeds, ["critic"])[0]
+        if "eps" not in names:
+            return self._run_rows("density", feeds, ["critic"], rows=batch)[0]
+        one = np.zeros((1, x.shape[0], self.latent_dim), np.float32)  # K = 1: the critic ignores eps
+        return self._run_k("density", feeds, one, "critic", mean=True, rows=batch)
 
     def _divergence_name(self) -> str:
         d = self.divergence
