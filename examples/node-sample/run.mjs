@@ -9,6 +9,7 @@
 // Python runtime does; for the likelihood, K is split too and the parts are combined with
 // a log-mean-exp, for the free-critic log_density with a weighted mean. Each output is
 // written to OUT_PREFIX.NAME.npy (default: ROLE.NAME.npy); a JSON summary goes to stdout.
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
@@ -31,7 +32,7 @@ for (let i = 2; i < argv.length; i += 2) {
 const manifestPath = path.join(dir, "manifest.json");
 if (!fs.existsSync(manifestPath)) fail(`${dir} has no manifest.json`);
 const manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8"));
-if (manifest.exporter !== "onnx" || manifest.format_version !== 1) fail(`${manifestPath} is not an fgm ONNX export (format 1)`);
+if (manifest.exporter !== "onnx" || manifest.format_version !== 2) fail(`${manifestPath} is not an fgm ONNX export (format 2)`);
 const graph = manifest.graphs.find((g) => g.role === role);
 if (!graph) fail(`no ${role} graph; this export has ${manifest.graphs.map((g) => g.role).join(", ")}`);
 
@@ -74,7 +75,13 @@ function slice(spec, r0, r1, k0, k1) {
 }
 
 // ------------------------------------------------------------------ calls of bounded size
-const session = await ort.InferenceSession.create(path.join(dir, graph.file));
+// the graph is a plain file at the top of the export, with the sha256 the manifest records
+if (path.basename(graph.file) !== graph.file || graph.file.startsWith(".")) fail(`manifest names the graph ${graph.file}, not a file of the export`);
+const graphPath = path.join(dir, graph.file);
+if (fs.lstatSync(graphPath).isSymbolicLink()) fail(`${graphPath} is a symbolic link`);
+const graphBytes = fs.readFileSync(graphPath);
+if (crypto.createHash("sha256").update(graphBytes).digest("hex") !== (manifest.files || {})[graph.file]) fail(`${graphPath} does not match the sha256 in the manifest`);
+const session = await ort.InferenceSession.create(graphBytes);
 const parts = Object.fromEntries(graph.outputs.map((o) => [o.name, []]));
 const outShapes = {};
 for (let r0 = 0; r0 < n; r0 += step) {
