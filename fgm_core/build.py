@@ -105,6 +105,27 @@ def make_divergence(cfg: FGMConfig, plugins: PluginSet) -> Divergence:
     return div
 
 
+def heavy_tailed_generator_loss(cfg: FGMConfig, divergence: Divergence) -> str | None:
+    """Why ``critic.generator_loss`` is a poor choice for this divergence, or None.
+
+    With the density critic, ``non_saturating`` puts -E_P[T(s)] in the generator loss. Where
+    the model puts mass that the data lacks, s is very negative; a T that grows exponentially
+    there (reverse_kl, neyman, hellinger, jeffrey, alpha < 1: |T(-20)| > 100) makes that term's
+    gradient heavy-tailed (``benchmarks/generator_loss_variance.py`` measures it). The saddle
+    form does not have this problem for reverse_kl, hellinger, jeffrey and alpha in (0, 1).
+    """
+    if cfg.critic.form != "density" or cfg.critic.generator_loss != "non_saturating" or divergence.model_term_constant:
+        return None
+    with torch.no_grad():
+        t = float(divergence.T(torch.tensor([-20.0])).abs().max())
+    divergence.pop_clamped()
+    if t <= 100.0:
+        return None
+    return (f"critic.generator_loss = \"non_saturating\" with divergence {cfg.divergence.name!r} and the density "
+            f"critic gives heavy-tailed generator gradients, since |T(s)| grows exponentially as s -> -inf, "
+            f"|T(-20)| = {t:.3g} (use critic.generator_loss = \"saddle\", the default)")
+
+
 def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     """Build networks (seeded by ``run.seed``) and wrap them in an :class:`FGMModel`."""
     if cfg.model.generator == "deterministic" and cfg.critic.form == "density":

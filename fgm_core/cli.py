@@ -7,13 +7,14 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
 from fgm_core import __version__
-from fgm_core.errors import FGMError
+from fgm_core.errors import FGMError, FGMWarning
 
 
 class Ctx:
@@ -450,9 +451,21 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
 _argv: list[str] | None = None  # the command line main() runs (what `train --nproc` re-runs)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """fgm's own warnings as one line on stderr; any other warning as Python shows it."""
+    if issubclass(category, FGMWarning):
+        click.echo(f"fgm: warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn errors into one line and an exit status."""
     global _argv
+    warnings.showwarning = _show_warning
     _argv = list(argv) if argv is not None else None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

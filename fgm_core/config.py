@@ -75,7 +75,7 @@ class CriticConfig(_Section):
 
     form: Literal["density", "joint", "marginal"] = "density"
     n_critic: int = Field(1, ge=0, le=100)
-    generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
+    generator_loss: Literal["saddle", "non_saturating"] = "saddle"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
 
