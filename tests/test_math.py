@@ -137,10 +137,11 @@ def test_density_critic_J_is_the_integrated_divergence(plugins, name, params):
         j = float(model.critic_loss(first, noise).objective)
     # quadrature error of the 1000^2 quantile grid: under 1.5% (pearson's tail) of D_f
     assert abs(j - exact) < 1e-3 + 0.02 * abs(exact), (name, j, exact)
-    if model.generator_uses_model_side:  # the generator step reports the same J
+    if model.generator_uses_model_side:  # the saddle generator step minimises the same J
         with torch.no_grad():
-            j_gen = float(model.generator_loss(first, noise).objective)
-        assert abs(j_gen - j) < 1e-5 * (1 + abs(j))
+            gen = model.generator_loss(first, noise)
+        assert abs(float(gen.objective) - j) < 1e-5 * (1 + abs(j))
+        assert abs(float(gen.loss) - j) < 1e-5 * (1 + abs(j))
 
 
 STRICT = [(n, p) for n, p in CASES if n != "total_variation"]
@@ -374,3 +375,121 @@ def test_likelihood_of_a_nonlinear_decoder_matches_a_brute_force_integral(plugin
     # importance-sampling noise (effective sample size 2-70% of K): 0.06 per row, 0.02 on average
     np.testing.assert_allclose(ll, truth, atol=0.06)
     assert np.abs(ll - truth).mean() < 0.02
+
+
+# --------------------------------------------------------------------------- free critics
+def exact_log_ratio(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log Q(x,z)/P(x,z) of the exact setting, written out (x, z: (B, 1))."""
+    def lg(v, m, var):
+        return -0.5 * math.log(2 * math.pi * var) - 0.5 * (v - m) ** 2 / var
+
+    return (lg(x, 0.0, 1.0) + lg(z, A * x + C, V) - lg(z, 0.0, 1.0) - lg(x, W * z + B, S * S)).squeeze(1)
+
+
+class OptimalJointCritic(nn.Module):
+    """V*(x, z) with g_f(V*) = f'(Q/P): the maximiser of J over free joint critics."""
+
+    def __init__(self, div) -> None:
+        super().__init__()
+        self.div = div
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, z=None):
+        s = exact_log_ratio(x.double(), z.double())
+        # g_f is the identity for kl and jeffrey; for js, g_f(v) = log 2 - softplus(-v), so v = s
+        return (self.div.T(s) if self.div.name in ("kl", "jeffrey") else s).float() * self.scale
+
+
+@pytest.mark.parametrize("name", ["kl", "js", "jeffrey"])
+def test_free_joint_critic_reads_back_the_data_density(plugins, name):
+    """Section 4: log p_D(x) = log (f')^{-1}(T(x,z)) + log p(z) + log p(x|z) - log q(z|x), exact
+    for every z when the joint critic is optimal."""
+    div = plugins.get("divergences", name).factory(max_exp=40.0)
+    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), OptimalJointCritic(div))
+    model = FGMModel(nets, div, critic_form="joint", data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=False, min_sigma=1e-4)
+    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
+    eps = torch.randn(7, 41, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ld = model.log_density(x, eps)
+    truth = -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2
+    torch.testing.assert_close(ld, truth, atol=2e-4, rtol=0)
+
+
+class OptimalMarginalCritic(nn.Module):
+    """V*(x) with g_f(V*) = f'(p_D/p_theta) for kl (g_f the identity): 1 + log p_D - log p_theta,
+    p_theta = N(B, W^2 + S^2) the linear-Gaussian marginal."""
+
+    def forward(self, x, z=None):
+        x = x.squeeze(1).double()
+        log_pd = -0.5 * math.log(2 * math.pi) - 0.5 * x ** 2
+        var = W * W + S * S
+        log_pt = -0.5 * math.log(2 * math.pi * var) - 0.5 * (x - B) ** 2 / var
+        return (1 + log_pd - log_pt).float()
+
+
+def exact_posterior_1d() -> LinearEncoder:
+    """q(z|x) = p(z|x) of the 1-D linear-Gaussian generator: var = 1/(1 + W^2/S^2)."""
+    var = 1 / (1 + W * W / (S * S))
+    return LinearEncoder(var * W / (S * S), -var * W * B / (S * S), var)
+
+
+def test_free_marginal_critic_reads_back_the_data_density(plugins):
+    div = plugins.get("divergences", "kl").factory(max_exp=40.0)
+    nets = Networks(exact_posterior_1d(), LinearDecoder(W, B), OptimalMarginalCritic())
+    model = FGMModel(nets, div, critic_form="marginal", data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=False, min_sigma=1e-4)
+    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
+    eps = torch.randn(3, 41, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ld = model.log_density(x, eps)
+    torch.testing.assert_close(ld, -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2, atol=2e-4, rtol=0)
+
+
+def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
+    """f-GAN leaves the encoder out of J; fgm fits it by the negative ELBO with the decoder
+    held fixed: the encoder gradient equals that of the written-out negative ELBO."""
+    div = plugins.get("divergences", "js").factory(max_exp=40.0)
+    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), OptimalMarginalCritic())
+    model = FGMModel(nets, div, critic_form="marginal", data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=True, min_sigma=1e-4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 1, generator=g)
+    noise = {k: torch.randn(64, 1, generator=g) for k in ("z", "x_eps", "z_eps")}
+    enc = list(model.encoder.parameters())
+    got = torch.autograd.grad(model.generator_loss(x, noise).loss, enc)
+    want = torch.autograd.grad(independent_negative_elbo_mc(model, x, noise["z_eps"]).mean(), enc)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(float(b.abs()) > 1e-4 for b in want)
+
+
+class QuadraticCritic(nn.Module):
+    """V(x, z) = (|x|^2 + |z|^2) / 2: its gradient at (x, z) is (x, z)."""
+
+    def forward(self, x, z=None):
+        out = 0.5 * (x ** 2).sum(1)
+        return out if z is None else out + 0.5 * (z ** 2).sum(1)
+
+
+@pytest.mark.parametrize("form", ["joint", "marginal"])
+def test_gradient_penalty_is_the_wgan_gp_formula(plugins, form):
+    """WGAN-GP: weight * mean (|grad V(x_hat, z_hat)| - 1)^2 at a x_q + (1 - a) x_p (and z)."""
+    div = plugins.get("divergences", "js").factory(max_exp=40.0)
+    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), QuadraticCritic())
+    kw = dict(critic_form=form, data_shape=(1,), latent_dim=1, sigma=S, learn_sigma=False, min_sigma=1e-4)
+    plain = FGMModel(nets, div, **kw)
+    penalised = FGMModel(nets, div, gradient_penalty=3.0, **kw)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 1, generator=g)
+    noise = {k: torch.randn(32, 1, generator=g) for k in ("z", "x_eps", "z_eps")}
+    noise["gp"] = torch.rand(32, generator=g)
+    penalty = float((penalised.critic_loss(x, noise).loss - plain.critic_loss(x, noise).loss).detach())
+    a = noise["gp"].unsqueeze(1)
+    x_p = W * noise["z"] + B + S * noise["x_eps"]
+    sq = (a * x + (1 - a) * x_p) ** 2
+    if form == "joint":
+        z_q = A * x + C + math.sqrt(V) * noise["z_eps"]
+        sq = sq + (a * z_q + (1 - a) * noise["z"]) ** 2
+    want = 3.0 * float(((sq.sum(1).sqrt() - 1) ** 2).mean())
+    assert abs(penalty - want) < 1e-4 * (1 + want), (penalty, want)
