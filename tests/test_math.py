@@ -400,20 +400,24 @@ class OptimalJointCritic(nn.Module):
         return (self.div.T(s) if self.div.name in ("kl", "jeffrey") else s).float() * self.scale
 
 
+def assert_reads_back_log_pd(encoder: nn.Module, critic: nn.Module, div, form: str, k: int) -> None:
+    """The model's log_density on a grid of x equals the exact log N(x; 0, 1), for k latent draws."""
+    nets = Networks(encoder, LinearDecoder(W, B), critic)
+    model = FGMModel(nets, div, critic_form=form, data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=False, min_sigma=1e-4)
+    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
+    eps = torch.randn(k, 41, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ld = model.log_density(x, eps)
+    torch.testing.assert_close(ld, -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2, atol=2e-4, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["kl", "js", "jeffrey"])
 def test_free_joint_critic_reads_back_the_data_density(plugins, name):
     """Section 4: log p_D(x) = log (f')^{-1}(T(x,z)) + log p(z) + log p(x|z) - log q(z|x), exact
     for every z when the joint critic is optimal."""
     div = plugins.get("divergences", name).factory(max_exp=40.0)
-    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), OptimalJointCritic(div))
-    model = FGMModel(nets, div, critic_form="joint", data_shape=(1,), latent_dim=1, sigma=S,
-                     learn_sigma=False, min_sigma=1e-4)
-    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
-    eps = torch.randn(7, 41, 1, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ld = model.log_density(x, eps)
-    truth = -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2
-    torch.testing.assert_close(ld, truth, atol=2e-4, rtol=0)
+    assert_reads_back_log_pd(LinearEncoder(A, C, V), OptimalJointCritic(div), div, "joint", k=7)
 
 
 class OptimalMarginalCritic(nn.Module):
@@ -435,15 +439,10 @@ def exact_posterior_1d() -> LinearEncoder:
 
 
 def test_free_marginal_critic_reads_back_the_data_density(plugins):
+    """Marginal critic: log p_D(x) = log (f')^{-1}(T(x)) + log p_theta(x), the latter importance
+    sampled (exact here: the encoder is the true posterior)."""
     div = plugins.get("divergences", "kl").factory(max_exp=40.0)
-    nets = Networks(exact_posterior_1d(), LinearDecoder(W, B), OptimalMarginalCritic())
-    model = FGMModel(nets, div, critic_form="marginal", data_shape=(1,), latent_dim=1, sigma=S,
-                     learn_sigma=False, min_sigma=1e-4)
-    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
-    eps = torch.randn(3, 41, 1, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ld = model.log_density(x, eps)
-    torch.testing.assert_close(ld, -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2, atol=2e-4, rtol=0)
+    assert_reads_back_log_pd(exact_posterior_1d(), OptimalMarginalCritic(), div, "marginal", k=3)
 
 
 def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
