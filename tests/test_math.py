@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fgm_core.build import DataInfo
 from fgm_core.components import Networks, Scaling
@@ -166,6 +167,49 @@ def test_exact_log_density_maximises_J_over_the_critic(plugins, name, params):
             values[c] = float(model.critic_loss(first, noise).objective)
     assert abs(float(grad)) < 0.01, (name, float(grad))
     assert values[0.0] > max(values[-0.3], values[0.3]) + 1e-3, (name, values)
+
+
+#: T(s) and C(s) written out (fgm-math.md section 2.1), for the gradient test below
+T_AND_C = {
+    "reverse_kl": (lambda s: -torch.exp(-s), lambda s: s - 1),
+    "js": (lambda s: math.log(2) - F.softplus(-s), lambda s: F.softplus(s) - math.log(2)),
+    "pearson": (lambda s: 2 * torch.expm1(s), lambda s: torch.expm1(2 * s)),
+    "hellinger": (lambda s: -torch.expm1(-s / 2), lambda s: torch.expm1(s / 2)),
+}
+
+
+@pytest.mark.parametrize("loss", ["saddle", "non_saturating"])
+@pytest.mark.parametrize("name", sorted(T_AND_C))
+def test_generator_gradient_is_the_gradient_of_the_written_out_objective(plugins, name, loss):
+    """d/d(theta, phi, sigma) of the generator loss equals autograd of J written out here
+    (saddle: E_Q[T(s)] - E_P[C(s)]; non_saturating: E_Q[T(s)] - E_P[T(s)]), with s built from
+    the same parameters through the Gaussian densities, on the same noise."""
+    div = plugins.get("divergences", name).factory(max_exp=40.0)
+    model = exact_model(div)
+    model.generator_loss_kind = loss
+    first, second = quantile_noise(200)
+    noise = {"z": first, "x_eps": second, "z_eps": second}
+    params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+    got = torch.autograd.grad(model.generator_loss(first, noise).loss, params)
+
+    enc, dec = model.encoder, model.decoder
+    sigma = model.min_sigma + torch.exp(model.rho)
+
+    def lg(v, m, var):
+        return -0.5 * torch.log(2 * math.pi * var) - 0.5 * (v - m) ** 2 / var
+
+    def s_of(x, z):
+        return (lg(x, torch.tensor(0.0), torch.tensor(1.0)) + lg(z, enc.a * x + enc.c, enc.log_v.exp())
+                - lg(z, torch.tensor(0.0), torch.tensor(1.0)) - lg(x, dec.w * z + dec.b, sigma ** 2)).squeeze(1)
+
+    x_q, z_q = first, enc.a * first + enc.c + torch.exp(0.5 * enc.log_v) * second
+    z_p, x_p = first, dec.w * first + dec.b + sigma * second
+    t, c = T_AND_C[name]
+    model_side = c(s_of(x_p, z_p)) if loss == "saddle" else t(s_of(x_p, z_p))
+    want = torch.autograd.grad(t(s_of(x_q, z_q)).mean() - model_side.mean(), params)
+    for n, a, b in zip([n for n, _ in model.named_parameters() if not n.startswith("critic.")], got, want):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-5, msg=f"{name} {loss} {n}")
+    assert all(float(b.abs().max()) > 1e-4 for b in want)
 
 
 def test_integrated_kl_matches_the_closed_form():
@@ -461,6 +505,7 @@ def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(float(b.abs()) > 1e-4 for b in want)
+    assert all(p.requires_grad for p in model.decoder.parameters())  # the decoder is frozen only for the fit
 
 
 class QuadraticCritic(nn.Module):
