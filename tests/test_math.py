@@ -336,10 +336,11 @@ def linear_gaussian_log_px(x: np.ndarray) -> np.ndarray:
     return -0.5 * (2 * np.log(2 * np.pi) + np.log(np.linalg.det(cov)) + quad)
 
 
-def linear_model(plugins, encoder: nn.Module) -> FGMModel:
+def linear_model(plugins, encoder: nn.Module, sigma_per_dim: bool = True) -> FGMModel:
     nets = Networks(encoder, MatrixDecoder(LIN_W, LIN_B), ExactLogDensity())
     return FGMModel(nets, plugins.get("divergences", "kl").factory(max_exp=40.0), critic_form="density",
-                    data_shape=(2,), latent_dim=2, sigma=LIN_SIGMA, learn_sigma=False, min_sigma=1e-4)
+                    data_shape=(2,), latent_dim=2, sigma=LIN_SIGMA, learn_sigma=False, min_sigma=1e-4,
+                    sigma_per_dim=sigma_per_dim)
 
 
 def exact_posterior_encoder() -> DiagEncoder:
@@ -351,9 +352,11 @@ def exact_posterior_encoder() -> DiagEncoder:
     return DiagEncoder(m_mat, -(m_mat @ LIN_B), var)
 
 
-def test_likelihood_with_the_exact_posterior_is_exact_for_any_k(plugins):
-    """With q = the true posterior every importance weight equals p(x): log p(x) for K = 1."""
-    model = linear_model(plugins, exact_posterior_encoder())
+@pytest.mark.parametrize("sigma_per_dim", [True, False])
+def test_likelihood_with_the_exact_posterior_is_exact_for_any_k(plugins, sigma_per_dim):
+    """With q = the true posterior every importance weight equals p(x): log p(x) for K = 1.
+    (One noise scale per dimension or one shared scalar: the same sigma here.)"""
+    model = linear_model(plugins, exact_posterior_encoder(), sigma_per_dim)
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1)) * 1.5
     truth = linear_gaussian_log_px(x.double().numpy())
     for k in (1, 3):
