@@ -17,7 +17,7 @@ q = """select r.job_id, s.operator_name, s.start_pos_row, r.diff from work_resul
        on s.job_id=r.job_id where r.test_outcome='SURVIVED' order by s.start_pos_row"""
 orig = open(module).read()
 env = dict(os.environ, OMP_NUM_THREADS="1")
-for job, op, row, diff in c.execute(q):
+for job, op, row, diff in c.execute(q).fetchall():  # read all first: cosmic-ray may be writing
     minus = [l[1:] for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
     plus = [l[1:] for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
     lines = orig.split("\n")
