@@ -105,6 +105,45 @@ def make_divergence(cfg: FGMConfig, plugins: PluginSet) -> Divergence:
     return div
 
 
+def exponential_T(divergence: Divergence) -> bool:
+    """Whether T(s) = f'(e^s) grows exponentially as s -> -inf (|T(-20)| > 100): reverse_kl,
+    neyman, hellinger, jeffrey, alpha < 1. Works for any divergence, custom ones included."""
+    with torch.no_grad():
+        t = float(divergence.T(torch.tensor([-20.0])).abs().max())
+    divergence.pop_clamped()
+    return t > 100.0
+
+
+def resolve_generator_loss(cfg: FGMConfig, divergence: Divergence) -> str:
+    """``critic.generator_loss`` with ``auto`` resolved.
+
+    ``auto`` is ``saddle`` for the density critic with a divergence whose T grows exponentially
+    as s -> -inf, where ``non_saturating`` has heavy-tailed generator gradients (measured by
+    ``benchmarks/generator_loss_variance.py``), and ``non_saturating`` otherwise: with js and
+    the density critic the saddle form saturates (the estimator separates the model's samples
+    at once, J sits at its maximum log 4 and the default ring8 run learned 0 of 8 modes).
+    """
+    loss = cfg.critic.generator_loss
+    if loss != "auto":
+        return loss
+    return "saddle" if cfg.critic.form == "density" and exponential_T(divergence) else "non_saturating"
+
+
+def heavy_tailed_generator_loss(cfg: FGMConfig, divergence: Divergence) -> str | None:
+    """Why the chosen ``critic.generator_loss`` is heavy-tailed for this divergence, or None.
+
+    With the density critic, ``non_saturating`` puts -E_P[T(s)] in the generator loss. Where
+    the model puts mass that the data lacks, s is very negative, and a T that grows
+    exponentially there makes that term's gradient heavy-tailed.
+    """
+    if cfg.critic.form != "density" or divergence.model_term_constant or \
+            resolve_generator_loss(cfg, divergence) != "non_saturating" or not exponential_T(divergence):
+        return None
+    return (f"critic.generator_loss = \"non_saturating\" with divergence {cfg.divergence.name!r} and the density "
+            f"critic gives heavy-tailed generator gradients, since T(s) grows exponentially as s -> -inf "
+            f"(use critic.generator_loss = \"saddle\" or \"auto\", the default)")
+
+
 def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     """Build networks (seeded by ``run.seed``) and wrap them in an :class:`FGMModel`."""
     if cfg.model.generator == "deterministic" and cfg.critic.form == "density":
@@ -135,7 +174,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     return FGMModel(
         nets, divergence, critic_form=cfg.critic.form, data_shape=info.shape, latent_dim=m.latent_dim,
         generator=m.generator, sigma=m.sigma, learn_sigma=m.learn_sigma, sigma_per_dim=m.sigma_per_dim,
-        min_sigma=m.min_sigma, generator_loss=cfg.critic.generator_loss,
+        min_sigma=m.min_sigma, generator_loss=resolve_generator_loss(cfg, divergence),
         gradient_penalty=cfg.critic.gradient_penalty, density_estimator=cfg.critic.n_critic > 0,
         self_normalise=cfg.critic.self_normalise,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import click
 
 from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
-from fgm_core.errors import FGMError, Interrupted, os_error_text
+from fgm_core.errors import FGMError, FGMWarning, Interrupted, os_error_text
+
 
 class _Seed(click.ParamType):
     """Every --seed: an integer the config (run.seed) and every random generator accept."""
@@ -587,9 +589,21 @@ def tune_cmd(obj: Ctx, search: Path, config, sets, trials: int | None, storage: 
 _argv: list[str] | None = None  # the command line main() runs (what `train --nproc` re-runs)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """fgm's own warnings as one line on stderr; any other warning as Python shows it."""
+    if issubclass(category, FGMWarning):
+        click.echo(f"fgm: warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn errors into one line and an exit status."""
     global _argv
+    warnings.showwarning = _show_warning
     _argv = list(argv) if argv is not None else None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

@@ -121,7 +121,9 @@ class CriticConfig(_Section):
 
     form: Literal["density", "joint", "marginal"] = "density"
     n_critic: int = Field(1, ge=0, le=100)
-    generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
+    #: ``auto``: ``saddle`` where ``non_saturating`` would be heavy-tailed (density critic and a T
+    #: growing exponentially as s -> -inf), else ``non_saturating`` (see build.resolve_generator_loss).
+    generator_loss: Literal["auto", "saddle", "non_saturating"] = "auto"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
     #: density critic: weight of the self-normalising term E_pD[l] - integral of exp(l) in the

@@ -23,6 +23,11 @@ class FGMError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class FGMWarning(UserWarning):
+    """A setting that works but that fgm advises against; the CLI prints it as one line
+    ``fgm: warning: <problem> (<fix>)``."""
+
+
 class PluginError(FGMError):
     """A plugin failed to load, register, or run; the message names the plugin."""
 

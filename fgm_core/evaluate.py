@@ -43,12 +43,18 @@ from fgm_core.errors import FGMError
 #: gap threshold in nats: the model gives a point at least e^T times less density than the
 #: density estimator (T = log 10: a tenfold shortfall).
 GAP_THRESHOLD = math.log(10.0)
-#: a mode is under-produced when its sample share is below this fraction of its data share.
-SAMPLE_RATIO = 0.2
-#: ... and collapse is certain from samples alone below this fraction.
-SAMPLE_RATIO_DECISIVE = 0.05
-#: share of a mode's held-out points above the gap threshold that confirms a collapse.
+#: a mode is missing by the gap when at least this share of its held-out points is above the threshold ...
 GAP_SHARE = 0.5
+#: ... and covered by the gap when at most this share is.
+COVERED_SHARE = 0.2
+#: the samples confirm a collapse when a mode's sample share is below this fraction of its data share.
+SAMPLE_RATIO = 0.2
+#: the gap counts as evidence only if its large values cluster by mode: a chi-square test of
+#: homogeneity of the above-threshold share across modes must reject at this normal quantile
+#: (3.09: one-sided p = 0.001); a gap unrelated to the modes (noise) does not pass it.
+HOMOGENEITY_Z = 3.09
+#: labelled data without a mixture: a sample takes the majority label of this many nearest held-out points.
+NEIGHBOURS = 5
 
 
 # --------------------------------------------------------------------------- opening models
@@ -245,6 +251,8 @@ class _Modes:
             self.test_modes = test_labels if test_labels is not None else self.assign(test)
         elif test_labels is not None:
             self.kind = "class"
+            #: without a classifier, samples take the labels of their nearest labelled held-out points
+            self.ref, self.ref_labels = test.flatten(1).double(), test_labels.long()
             k = int(max(int(test_labels.max()) + 1, len(info.label_names or [])))
             self.names = list(info.label_names or [])[:k] or [f"class-{i}" for i in range(k)]
             self.names += [f"class-{i}" for i in range(len(self.names), k)]
@@ -262,37 +270,57 @@ class _Modes:
             dist, idx = d.min(1)
             return torch.where(dist < self.radius, idx, torch.full_like(idx, -1))
         if self.kind == "class":
-            if self.classifier is None:
-                return torch.full((x.shape[0],), -1, dtype=torch.long)
-            return self.classifier.predict(x)
+            if self.classifier is not None:
+                return self.classifier.predict(x)
+            k = min(NEIGHBOURS, self.ref.shape[0])
+            near = torch.cdist(x.double().flatten(1), self.ref).topk(k, largest=False).indices
+            return torch.mode(self.ref_labels[near], dim=1).values
         return torch.cdist(x.double().flatten(1), self.centers).argmin(1)
 
 
+def gap_is_informative(counts: list[tuple[int, int]], z: float = HOMOGENEITY_Z) -> bool:
+    """Whether the share of above-threshold gaps differs between modes beyond chance.
+
+    ``counts``: (points, points above the threshold) per mode. Chi-square test of homogeneity
+    (Wilson-Hilferty approximation of the critical value at the normal quantile ``z``).
+    """
+    n = sum(c for c, _ in counts)
+    k = sum(e for _, e in counts)
+    if len(counts) < 2 or n == 0 or k in (0, n):
+        return False
+    p = k / n
+    x2 = sum((e - c * p) ** 2 / (c * p * (1 - p)) for c, e in counts)
+    df = len(counts) - 1
+    crit = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return x2 > crit
+
+
 def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes: Tensor, names: list[str],
-                  threshold: float = GAP_THRESHOLD, sample_ratio: float = SAMPLE_RATIO,
-                  decisive_ratio: float = SAMPLE_RATIO_DECISIVE, gap_share: float = GAP_SHARE,
+                  threshold: float = GAP_THRESHOLD, sample_ratio: float = SAMPLE_RATIO, gap_share: float = GAP_SHARE,
+                  covered_share: float = COVERED_SHARE, use_samples: bool = True,
                   log_likelihood: Tensor | None = None, kind: str = "mode") -> dict[str, Any]:
-    """Per-mode collapse report.
+    """Per-mode collapse report; the gap g(x) = log p_D(x) - log p_theta(x) is the evidence.
 
     For each mode m (held-out points grouped by ``test_modes``; samples by ``sample_modes``,
-    -1 = in no mode): ``mean_gap`` (mean of g(x) = log p_D(x) - log p_theta(x) over its
-    held-out points), ``gap_share`` (share with g(x) > ``threshold``), ``data_share`` and
-    ``sample_share`` (share of held-out points / of generated samples in the mode) and
-    ``sample_ratio`` = sample_share / data_share.
+    -1 = in no mode): ``mean_gap``, ``gap_share`` (share of its held-out points with g(x) >
+    ``threshold``), ``data_share``, ``sample_share`` and ``sample_ratio`` = sample_share /
+    data_share, and a ``verdict``:
 
-    Rule: a mode is **collapsed** when the model under-produces it (sample_ratio <
-    ``sample_ratio``, default 0.2) and either the likelihood confirms it (gap_share >=
-    ``gap_share``, default 0.5, with threshold log 10 nats) or the samples alone are decisive
-    (sample_ratio < ``decisive_ratio``, default 0.05; also when the model has no density
-    estimate). Requiring the sample deficit keeps a poor density estimator from flagging
-    covered modes; the decisive clause catches modes the estimator never saw either (a model
-    trained without them), where both densities are low and the gap says little.
+    1. The gap's reading: *missing* when gap_share >= ``gap_share`` (0.5) and the gap is
+       informative (:func:`gap_is_informative`: its large values cluster by mode; a gap
+       unrelated to the modes, such as noise, is not); *covered* when gap_share <=
+       ``covered_share`` (0.2); otherwise *unclear*. No gap (no density estimator): unclear.
+    2. The samples' reading (``use_samples``): *few* when sample_ratio < ``sample_ratio`` (0.2).
+    3. ``collapsed`` when the gap says missing and the samples do not contradict it (few, or
+       ``use_samples`` off); ``covered`` when the gap says covered and the samples do not
+       contradict it (not few); ``uncertain`` otherwise (the two disagree, or the gap is
+       unclear). Samples alone never make a mode collapsed.
     """
     k = len(names)
     n_test = max(int(test_modes.numel()), 1)
     n_samp = max(int(sample_modes.numel()), 1)
     rows = []
-    collapsed = []
+    counts = []
     for m in range(k):
         sel = test_modes == m
         cnt = int(sel.sum())
@@ -300,29 +328,51 @@ def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes
             continue
         data_share = cnt / n_test
         s_share = float((sample_modes == m).sum()) / n_samp
-        ratio = s_share / data_share
         row: dict[str, Any] = {"mode": m, "name": names[m], "test_points": cnt, "data_share": data_share,
-                               "sample_share": s_share, "sample_ratio": ratio}
+                               "sample_share": s_share, "sample_ratio": s_share / data_share}
         if per_point_gap is not None:
             g = per_point_gap[sel]
             row["mean_gap"] = float(g.mean())
-            row["gap_share"] = float((g > threshold).double().mean())
+            above = int((g > threshold).sum())
+            row["gap_share"] = above / cnt
+            counts.append((cnt, above))
         if log_likelihood is not None:
             row["mean_log_likelihood"] = float(log_likelihood[sel].mean())
-        few = ratio < sample_ratio
-        confirmed = per_point_gap is None or row.get("gap_share", 0.0) >= gap_share or ratio < decisive_ratio
-        row["collapsed"] = bool(few and confirmed)
-        if row["collapsed"]:
-            collapsed.append(m)
         rows.append(row)
+    informative = gap_is_informative(counts) if per_point_gap is not None else None
+    for row in rows:
+        share = row.get("gap_share")
+        if share is None:
+            gap_says = "unclear"
+        elif share >= gap_share and informative:
+            gap_says = "missing"
+        elif share <= covered_share:
+            gap_says = "covered"
+        else:
+            gap_says = "unclear"
+        few = use_samples and row["sample_ratio"] < sample_ratio
+        if gap_says == "missing" and (few or not use_samples):
+            verdict = "collapsed"
+        elif gap_says == "covered" and not few:
+            verdict = "covered"
+        else:
+            verdict = "uncertain"
+        row["gap_says"] = gap_says
+        row["verdict"] = verdict
+        row["collapsed"] = verdict == "collapsed"
+    collapsed = [r["mode"] for r in rows if r["verdict"] == "collapsed"]
+    uncertain = [r["mode"] for r in rows if r["verdict"] == "uncertain"]
     return {
         "kind": kind,
         "modes": rows,
         "collapsed": collapsed,
         "collapsed_names": [names[m] for m in collapsed],
+        "uncertain": uncertain,
+        "uncertain_names": [names[m] for m in uncertain],
+        "gap_informative": informative,
         "unassigned_sample_share": float((sample_modes < 0).sum()) / n_samp,
-        "rule": {"gap_threshold_nats": threshold, "sample_ratio": sample_ratio,
-                 "decisive_sample_ratio": decisive_ratio, "gap_share": gap_share},
+        "rule": {"gap_threshold_nats": threshold, "gap_share": gap_share, "covered_share": covered_share,
+                 "sample_ratio": sample_ratio if use_samples else None, "homogeneity_z": HOMOGENEITY_Z},
     }
 
 
@@ -417,6 +467,7 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
                            log_likelihood=ll, kind=modes.kind)
         out["mode_collapse"] = mc
         out["modes_collapsed"] = len(mc["collapsed"])
+        out["modes_uncertain"] = len(mc["uncertain"])
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -456,7 +507,10 @@ def format_report(res: dict[str, Any]) -> str:
         for r in mc["modes"]:
             gap = f"{r['mean_gap']:8.2f}" if "mean_gap" in r else f"{'-':>8}"
             gs = f"{100 * r['gap_share']:7.1f}" if "gap_share" in r else f"{'-':>7}"
-            flag = "  COLLAPSED" if r["collapsed"] else ""
+            flag = {"collapsed": "  COLLAPSED", "uncertain": "  uncertain"}.get(r["verdict"], "")
             lines.append(f"  {r['name']:>30} {100 * r['data_share']:6.1f} {100 * r['sample_share']:6.1f} {gap} {gs}{flag}")
-        lines.append("collapsed: " + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none"))
+        lines.append("collapsed: " + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none")
+                     + ("; uncertain: " + ", ".join(mc["uncertain_names"]) if mc["uncertain"] else ""))
+        if mc["gap_informative"] is False:
+            lines.append("the gap log p_D - log p_theta does not separate the modes: it decides nothing here")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -24,10 +25,10 @@ from torch import Tensor
 from fgm_core import __version__
 from fgm_core import distributed as dist
 from fgm_core import env
-from fgm_core.build import DataInfo, load_data, make_model
+from fgm_core.build import DataInfo, heavy_tailed_generator_loss, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
-from fgm_core.errors import PLUGIN_FAILURES, FGMError, Interrupted, PluginError, os_error_text
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, FGMWarning, Interrupted, PluginError, os_error_text
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
@@ -112,6 +113,9 @@ class Trainer:
             dist.barrier()
         self.info = DataInfo.from_bundle(self.bundle)
         self.model: FGMModel = make_model(cfg, plugins, self.info).to(self.device)
+        why = heavy_tailed_generator_loss(cfg, self.model.divergence)
+        if why and self.rank == 0:
+            warnings.warn(why, FGMWarning, stacklevel=2)
         if self.world > 1:
             dist.broadcast_module(self.model)  # identical start (the init is seeded, this makes it certain)
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()

@@ -99,14 +99,58 @@ def test_mode_collapse_rule():
     samples = torch.cat([torch.zeros(300), torch.ones(300), torch.full((300,), 2), torch.full((10,), 3),
                          torch.full((90,), -1)]).long()
     r = mode_collapse(gap, test_modes, samples, ["a", "b", "c", "d"])
-    assert r["collapsed"] == [3] and r["collapsed_names"] == ["d"]
+    assert r["collapsed"] == [3] and r["collapsed_names"] == ["d"] and r["uncertain"] == []
+    assert r["gap_informative"] is True and [m["verdict"] for m in r["modes"]] == ["covered"] * 3 + ["collapsed"]
     assert r["modes"][3]["gap_share"] == 1.0 and r["modes"][3]["sample_ratio"] == pytest.approx(0.04)
     assert r["unassigned_sample_share"] == pytest.approx(0.09)
-    # few samples but a small gap and not decisive (ratio 0.1): not collapsed
-    samples2 = torch.cat([samples[:900], torch.full((25,), 3), torch.full((75,), -1)]).long()
-    assert mode_collapse(torch.zeros(400, dtype=torch.float64), test_modes, samples2, list("abcd"))["collapsed"] == []
-    # with the gap it is
-    assert mode_collapse(gap, test_modes, samples2, list("abcd"))["collapsed"] == [3]
+    # samples alone never make a collapse: few samples but a small gap is uncertain
+    r0 = mode_collapse(torch.zeros(400, dtype=torch.float64), test_modes, samples, list("abcd"))
+    assert r0["collapsed"] == [] and r0["uncertain"] == [3]
+    # nor does having no gap at all (no density estimator)
+    assert mode_collapse(None, test_modes, samples, list("abcd"))["collapsed"] == []
+    # a large gap that the samples contradict (plenty of samples in mode 3): uncertain
+    plenty = torch.arange(4).repeat_interleave(250)
+    assert mode_collapse(gap, test_modes, plenty, list("abcd"))["uncertain"] == [3]
+    # the gap alone (sample rule off) names mode 3
+    assert mode_collapse(gap, test_modes, plenty, list("abcd"), use_samples=False)["collapsed"] == [3]
+
+
+def _ring8_without(removed: list[int], n_test: int = 2000, n_samples: int = 2500, seed: int = 0):
+    """ring8 held-out data, an exact 'model' (the mixture of the kept modes) and an exact
+    'estimator' (the full mixture): the per-point gap, the data's modes and the samples' modes."""
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = 2.0 * torch.stack([angles.cos(), angles.sin()], 1)
+    std = 0.05
+    kept = [m for m in range(8) if m not in removed]
+
+    def log_mix(x, comps):
+        d = ((x[:, None, :] - means[comps][None]) ** 2).sum(-1)
+        return torch.logsumexp(-0.5 * d / std ** 2 - math.log(2 * math.pi * std ** 2), 1) - math.log(len(comps))
+
+    modes = torch.randint(0, 8, (n_test,), generator=g)
+    x = means[modes] + std * torch.randn(n_test, 2, generator=g, dtype=torch.float64)
+    gap = log_mix(x, list(range(8))) - log_mix(x, kept)
+    sample_modes = torch.tensor(kept)[torch.randint(0, len(kept), (n_samples,), generator=g)]
+    return gap, modes, sample_modes
+
+
+def test_the_gap_alone_names_the_removed_modes():
+    gap, modes, samples = _ring8_without([5, 6, 7])
+    names = [f"mode-{i}" for i in range(8)]
+    for use_samples in (True, False):
+        r = mode_collapse(gap, modes, samples, names, use_samples=use_samples)
+        assert r["collapsed"] == [5, 6, 7] and r["uncertain"] == [], (use_samples, r["modes"])
+    # a gap that says nothing about the modes (the same values, shuffled): no collapse is claimed
+    noise = gap[torch.randperm(gap.numel(), generator=torch.Generator().manual_seed(1))]
+    for use_samples in (True, False):
+        r = mode_collapse(noise, modes, samples, names, use_samples=use_samples)
+        assert r["gap_informative"] is False and r["collapsed"] == [], (use_samples, r["modes"])
+        assert set(r["uncertain"]) >= {5, 6, 7}
+    # Gaussian noise of the same scale: the same
+    noise = torch.randn(gap.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64) * gap.std() + gap.mean()
+    r = mode_collapse(noise, modes, samples, names, use_samples=False)
+    assert r["collapsed"] == [] and r["uncertain"] == list(range(8))
 
 
 def test_kmeans_and_frechet():
@@ -172,6 +216,38 @@ def test_evaluate_clusters_without_labels(ring_run):
     assert "modes_captured" not in res
 
 
+def test_labelled_array_without_a_mixture_assigns_samples_by_nearest_neighbours(workdir, ring_run):
+    """Labels but no mixture (an `array` dataset): samples take their nearest labelled
+    neighbours' label, so modes the samples cover are never all reported collapsed."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    t = g.uniform(0, math.pi, 3000)
+    y = g.integers(0, 2, 3000)
+    x = np.where(y[:, None] == 0, np.stack([np.cos(t), np.sin(t)], 1),
+                 np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1)) + 0.05 * g.standard_normal((3000, 2))
+    path = workdir / "moons.npz"
+    np.savez(path, x=x.astype(np.float32), y=y)
+    run = fgm.train(cfg(workdir / "runs", "moons", {"dataset": "array", "options": {"path": str(path), "labels_key": "y"}},
+                        steps=300), progress=False)
+    res = evaluate(run, k=5, n_samples=1000, n_test=300)
+    mc = res["mode_collapse"]
+    assert mc["kind"] == "class" and len(mc["modes"]) == 2
+    assert mc["unassigned_sample_share"] == 0.0
+    assert all(m["sample_share"] > 0.2 for m in mc["modes"]), mc["modes"]
+    assert len(mc["collapsed"]) < 2
+    # the same with ring8's labels and the mixture withheld: eight classes, samples assigned
+    bundle = load_test_bundle(ring_run)
+    info = ring_run.info
+    ring_run.info = type(info)(info.dataset, info.shape, info.kind, info.scaling, None, None)
+    try:
+        res = evaluate(ring_run, bundle, k=5, n_samples=500, n_test=400)
+    finally:
+        ring_run.info = info
+    mc = res["mode_collapse"]
+    assert mc["kind"] == "class" and mc["unassigned_sample_share"] == 0.0 and len(mc["collapsed"]) < 8
+
+
 def test_mode_collapse_detector_names_the_removed_modes(workdir):
     # the VAE case (kl, density critic, saddle objective) pinned, independent of the defaults
     run = fgm.train(cfg(workdir / "runs", "five", {"dataset": "ring8", "options": {"modes": [0, 1, 2, 3, 4],
@@ -185,6 +261,15 @@ def test_mode_collapse_detector_names_the_removed_modes(workdir):
     res = evaluate(run, full, k=20, n_samples=2500, n_test=2000)
     mc = res["mode_collapse"]
     assert mc["collapsed"] == [5, 6, 7], json.dumps(mc["modes"], indent=1)
+    # the gap alone (sample rule off) names the same modes; the gap shuffled names none
+    x, labels = full.test[:2000], full.test_labels[:2000]
+    gap = run.log_density(x).double() - run.log_likelihood(x, k=20).double()
+    names = [f"mode-{i}" for i in range(8)]
+    none = torch.full((10,), -1)
+    alone = mode_collapse(gap, labels, none, names, use_samples=False)
+    assert alone["collapsed"] == [5, 6, 7], json.dumps(alone["modes"], indent=1)
+    shuffled = gap[torch.randperm(gap.numel(), generator=torch.Generator().manual_seed(0))]
+    assert mode_collapse(shuffled, labels, none, names, use_samples=False)["collapsed"] == []
     # against its own (five-mode) test data nothing is collapsed
     own = evaluate(run, k=20, n_samples=2500, n_test=1000)
     assert own["mode_collapse"]["collapsed"] == []

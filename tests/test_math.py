@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fgm_core.build import DataInfo
 from fgm_core.components import Networks, Scaling
@@ -137,10 +138,11 @@ def test_density_critic_J_is_the_integrated_divergence(plugins, name, params):
         j = float(model.critic_loss(first, noise).objective)
     # quadrature error of the 1000^2 quantile grid: under 1.5% (pearson's tail) of D_f
     assert abs(j - exact) < 1e-3 + 0.02 * abs(exact), (name, j, exact)
-    if model.generator_uses_model_side:  # the generator step reports the same J
+    if model.generator_uses_model_side:  # the saddle generator step minimises the same J
         with torch.no_grad():
-            j_gen = float(model.generator_loss(first, noise).objective)
-        assert abs(j_gen - j) < 1e-5 * (1 + abs(j))
+            gen = model.generator_loss(first, noise)
+        assert abs(float(gen.objective) - j) < 1e-5 * (1 + abs(j))
+        assert abs(float(gen.loss) - j) < 1e-5 * (1 + abs(j))
 
 
 STRICT = [(n, p) for n, p in CASES if n != "total_variation"]
@@ -165,6 +167,49 @@ def test_exact_log_density_maximises_J_over_the_critic(plugins, name, params):
             values[c] = float(model.critic_loss(first, noise).objective)
     assert abs(float(grad)) < 0.01, (name, float(grad))
     assert values[0.0] > max(values[-0.3], values[0.3]) + 1e-3, (name, values)
+
+
+#: T(s) and C(s) written out (fgm-math.md section 2.1), for the gradient test below
+T_AND_C = {
+    "reverse_kl": (lambda s: -torch.exp(-s), lambda s: s - 1),
+    "js": (lambda s: math.log(2) - F.softplus(-s), lambda s: F.softplus(s) - math.log(2)),
+    "pearson": (lambda s: 2 * torch.expm1(s), lambda s: torch.expm1(2 * s)),
+    "hellinger": (lambda s: -torch.expm1(-s / 2), lambda s: torch.expm1(s / 2)),
+}
+
+
+@pytest.mark.parametrize("loss", ["saddle", "non_saturating"])
+@pytest.mark.parametrize("name", sorted(T_AND_C))
+def test_generator_gradient_is_the_gradient_of_the_written_out_objective(plugins, name, loss):
+    """d/d(theta, phi, sigma) of the generator loss equals autograd of J written out here
+    (saddle: E_Q[T(s)] - E_P[C(s)]; non_saturating: E_Q[T(s)] - E_P[T(s)]), with s built from
+    the same parameters through the Gaussian densities, on the same noise."""
+    div = plugins.get("divergences", name).factory(max_exp=40.0)
+    model = exact_model(div)
+    model.generator_loss_kind = loss
+    first, second = quantile_noise(200)
+    noise = {"z": first, "x_eps": second, "z_eps": second}
+    params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+    got = torch.autograd.grad(model.generator_loss(first, noise).loss, params)
+
+    enc, dec = model.encoder, model.decoder
+    sigma = model.min_sigma + torch.exp(model.rho)
+
+    def lg(v, m, var):
+        return -0.5 * torch.log(2 * math.pi * var) - 0.5 * (v - m) ** 2 / var
+
+    def s_of(x, z):
+        return (lg(x, torch.tensor(0.0), torch.tensor(1.0)) + lg(z, enc.a * x + enc.c, enc.log_v.exp())
+                - lg(z, torch.tensor(0.0), torch.tensor(1.0)) - lg(x, dec.w * z + dec.b, sigma ** 2)).squeeze(1)
+
+    x_q, z_q = first, enc.a * first + enc.c + torch.exp(0.5 * enc.log_v) * second
+    z_p, x_p = first, dec.w * first + dec.b + sigma * second
+    t, c = T_AND_C[name]
+    model_side = c(s_of(x_p, z_p)) if loss == "saddle" else t(s_of(x_p, z_p))
+    want = torch.autograd.grad(t(s_of(x_q, z_q)).mean() - model_side.mean(), params)
+    for n, a, b in zip([n for n, _ in model.named_parameters() if not n.startswith("critic.")], got, want):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-5, msg=f"{name} {loss} {n}")
+    assert all(float(b.abs().max()) > 1e-4 for b in want)
 
 
 def test_integrated_kl_matches_the_closed_form():
@@ -291,10 +336,11 @@ def linear_gaussian_log_px(x: np.ndarray) -> np.ndarray:
     return -0.5 * (2 * np.log(2 * np.pi) + np.log(np.linalg.det(cov)) + quad)
 
 
-def linear_model(plugins, encoder: nn.Module) -> FGMModel:
+def linear_model(plugins, encoder: nn.Module, sigma_per_dim: bool = True) -> FGMModel:
     nets = Networks(encoder, MatrixDecoder(LIN_W, LIN_B), ExactLogDensity())
     return FGMModel(nets, plugins.get("divergences", "kl").factory(max_exp=40.0), critic_form="density",
-                    data_shape=(2,), latent_dim=2, sigma=LIN_SIGMA, learn_sigma=False, min_sigma=1e-4)
+                    data_shape=(2,), latent_dim=2, sigma=LIN_SIGMA, learn_sigma=False, min_sigma=1e-4,
+                    sigma_per_dim=sigma_per_dim)
 
 
 def exact_posterior_encoder() -> DiagEncoder:
@@ -306,9 +352,11 @@ def exact_posterior_encoder() -> DiagEncoder:
     return DiagEncoder(m_mat, -(m_mat @ LIN_B), var)
 
 
-def test_likelihood_with_the_exact_posterior_is_exact_for_any_k(plugins):
-    """With q = the true posterior every importance weight equals p(x): log p(x) for K = 1."""
-    model = linear_model(plugins, exact_posterior_encoder())
+@pytest.mark.parametrize("sigma_per_dim", [True, False])
+def test_likelihood_with_the_exact_posterior_is_exact_for_any_k(plugins, sigma_per_dim):
+    """With q = the true posterior every importance weight equals p(x): log p(x) for K = 1.
+    (One noise scale per dimension or one shared scalar: the same sigma here.)"""
+    model = linear_model(plugins, exact_posterior_encoder(), sigma_per_dim)
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1)) * 1.5
     truth = linear_gaussian_log_px(x.double().numpy())
     for k in (1, 3):
@@ -374,3 +422,121 @@ def test_likelihood_of_a_nonlinear_decoder_matches_a_brute_force_integral(plugin
     # importance-sampling noise (effective sample size 2-70% of K): 0.06 per row, 0.02 on average
     np.testing.assert_allclose(ll, truth, atol=0.06)
     assert np.abs(ll - truth).mean() < 0.02
+
+
+# --------------------------------------------------------------------------- free critics
+def exact_log_ratio(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log Q(x,z)/P(x,z) of the exact setting, written out (x, z: (B, 1))."""
+    def lg(v, m, var):
+        return -0.5 * math.log(2 * math.pi * var) - 0.5 * (v - m) ** 2 / var
+
+    return (lg(x, 0.0, 1.0) + lg(z, A * x + C, V) - lg(z, 0.0, 1.0) - lg(x, W * z + B, S * S)).squeeze(1)
+
+
+class OptimalJointCritic(nn.Module):
+    """V*(x, z) with g_f(V*) = f'(Q/P): the maximiser of J over free joint critics."""
+
+    def __init__(self, div) -> None:
+        super().__init__()
+        self.div = div
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, z=None):
+        s = exact_log_ratio(x.double(), z.double())
+        # g_f is the identity for kl and jeffrey; for js, g_f(v) = log 2 - softplus(-v), so v = s
+        return (self.div.T(s) if self.div.name in ("kl", "jeffrey") else s).float() * self.scale
+
+
+def assert_reads_back_log_pd(encoder: nn.Module, critic: nn.Module, div, form: str, k: int) -> None:
+    """The model's log_density on a grid of x equals the exact log N(x; 0, 1), for k latent draws."""
+    nets = Networks(encoder, LinearDecoder(W, B), critic)
+    model = FGMModel(nets, div, critic_form=form, data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=False, min_sigma=1e-4)
+    x = torch.linspace(-2.5, 2.5, 41).unsqueeze(1)
+    eps = torch.randn(k, 41, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ld = model.log_density(x, eps)
+    torch.testing.assert_close(ld, -0.5 * math.log(2 * math.pi) - 0.5 * x.squeeze(1) ** 2, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["kl", "js", "jeffrey"])
+def test_free_joint_critic_reads_back_the_data_density(plugins, name):
+    """Section 4: log p_D(x) = log (f')^{-1}(T(x,z)) + log p(z) + log p(x|z) - log q(z|x), exact
+    for every z when the joint critic is optimal."""
+    div = plugins.get("divergences", name).factory(max_exp=40.0)
+    assert_reads_back_log_pd(LinearEncoder(A, C, V), OptimalJointCritic(div), div, "joint", k=7)
+
+
+class OptimalMarginalCritic(nn.Module):
+    """V*(x) with g_f(V*) = f'(p_D/p_theta) for kl (g_f the identity): 1 + log p_D - log p_theta,
+    p_theta = N(B, W^2 + S^2) the linear-Gaussian marginal."""
+
+    def forward(self, x, z=None):
+        x = x.squeeze(1).double()
+        log_pd = -0.5 * math.log(2 * math.pi) - 0.5 * x ** 2
+        var = W * W + S * S
+        log_pt = -0.5 * math.log(2 * math.pi * var) - 0.5 * (x - B) ** 2 / var
+        return (1 + log_pd - log_pt).float()
+
+
+def exact_posterior_1d() -> LinearEncoder:
+    """q(z|x) = p(z|x) of the 1-D linear-Gaussian generator: var = 1/(1 + W^2/S^2)."""
+    var = 1 / (1 + W * W / (S * S))
+    return LinearEncoder(var * W / (S * S), -var * W * B / (S * S), var)
+
+
+def test_free_marginal_critic_reads_back_the_data_density(plugins):
+    """Marginal critic: log p_D(x) = log (f')^{-1}(T(x)) + log p_theta(x), the latter importance
+    sampled (exact here: the encoder is the true posterior)."""
+    div = plugins.get("divergences", "kl").factory(max_exp=40.0)
+    assert_reads_back_log_pd(exact_posterior_1d(), OptimalMarginalCritic(), div, "marginal", k=3)
+
+
+def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
+    """f-GAN leaves the encoder out of J; fgm fits it by the negative ELBO with the decoder
+    held fixed: the encoder gradient equals that of the written-out negative ELBO."""
+    div = plugins.get("divergences", "js").factory(max_exp=40.0)
+    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), OptimalMarginalCritic())
+    model = FGMModel(nets, div, critic_form="marginal", data_shape=(1,), latent_dim=1, sigma=S,
+                     learn_sigma=True, min_sigma=1e-4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 1, generator=g)
+    noise = {k: torch.randn(64, 1, generator=g) for k in ("z", "x_eps", "z_eps")}
+    enc = list(model.encoder.parameters())
+    got = torch.autograd.grad(model.generator_loss(x, noise).loss, enc)
+    want = torch.autograd.grad(independent_negative_elbo_mc(model, x, noise["z_eps"]).mean(), enc)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(float(b.abs()) > 1e-4 for b in want)
+    assert all(p.requires_grad for p in model.decoder.parameters())  # the decoder is frozen only for the fit
+
+
+class QuadraticCritic(nn.Module):
+    """V(x, z) = (|x|^2 + |z|^2) / 2: its gradient at (x, z) is (x, z)."""
+
+    def forward(self, x, z=None):
+        out = 0.5 * (x ** 2).sum(1)
+        return out if z is None else out + 0.5 * (z ** 2).sum(1)
+
+
+@pytest.mark.parametrize("form", ["joint", "marginal"])
+def test_gradient_penalty_is_the_wgan_gp_formula(plugins, form):
+    """WGAN-GP: weight * mean (|grad V(x_hat, z_hat)| - 1)^2 at a x_q + (1 - a) x_p (and z)."""
+    div = plugins.get("divergences", "js").factory(max_exp=40.0)
+    nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), QuadraticCritic())
+    kw = dict(critic_form=form, data_shape=(1,), latent_dim=1, sigma=S, learn_sigma=False, min_sigma=1e-4)
+    plain = FGMModel(nets, div, **kw)
+    penalised = FGMModel(nets, div, gradient_penalty=3.0, **kw)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 1, generator=g)
+    noise = {k: torch.randn(32, 1, generator=g) for k in ("z", "x_eps", "z_eps")}
+    noise["gp"] = torch.rand(32, generator=g)
+    penalty = float((penalised.critic_loss(x, noise).loss - plain.critic_loss(x, noise).loss).detach())
+    a = noise["gp"].unsqueeze(1)
+    x_p = W * noise["z"] + B + S * noise["x_eps"]
+    sq = (a * x + (1 - a) * x_p) ** 2
+    if form == "joint":
+        z_q = A * x + C + math.sqrt(V) * noise["z_eps"]
+        sq = sq + (a * z_q + (1 - a) * noise["z"]) ** 2
+    want = 3.0 * float(((sq.sum(1).sqrt() - 1) ** 2).mean())
+    assert abs(penalty - want) < 1e-4 * (1 + want), (penalty, want)
