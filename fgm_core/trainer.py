@@ -222,9 +222,10 @@ class Trainer:
         old = _install_stop(self)
         try:
             if self.resume:
-                self._on_rank0(self._open_for_resume)
+                self._on_rank0(self._lock_run_dir)
                 self.load_checkpoint()
                 self._apply_optim_settings()
+                self._on_rank0(self._record_resume)
             else:
                 self._on_rank0(self._start_run_dir)
             logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
@@ -295,9 +296,10 @@ class Trainer:
                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
         except OSError as e:  # disk full, permissions: name the file and what is kept
             self._cleanup_failed()
+            if not (self._created or self.resume):
+                raise  # no run directory yet (e.g. --out is a file): the CLI names the path
             what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-            raise FGMError(f"{what}; {self._kept()}", "free disk space or fix the permissions, then "
-                           "resume (or rerun) the same command") from None
+            raise FGMError(f"{what}; {self._kept()}", "free disk space or fix the permissions, then run it again") from None
         except BaseException:
             self._cleanup_failed()
             raise
@@ -363,17 +365,18 @@ class Trainer:
         self._claim_run_dir()
         self._write_run_files()
 
-    def _open_for_resume(self) -> None:
-        """Lock the run directory, record this resume (and any allowed change) in it; a run
-        that never wrote a checkpoint starts again from step 0 with its files rewritten."""
+    def _lock_run_dir(self) -> None:
         self._lock = lock_run_dir(self.run_dir)
+
+    def _record_resume(self) -> None:
+        """Record this resume (and any allowed change) in the run, once its checkpoint loaded;
+        a run that never wrote a checkpoint starts again from step 0 with its files rewritten."""
         if not (self.run_dir / "checkpoint.json").exists():
             self._write_run_files()
         elif self.changes:
             self._write_config()
         entry = {"time": datetime.now().isoformat(timespec="seconds"), "fgm_version": __version__,
-                 "from_step": read_json(self.run_dir / "checkpoint.json")["step"]
-                 if (self.run_dir / "checkpoint.json").exists() else 0,
+                 "from_step": self.step,
                  "changed": {k: list(v) for k, v in self.changes.items()}}
         append_line(self.run_dir / "resumes.jsonl", json.dumps(entry))
 
