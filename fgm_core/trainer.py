@@ -83,7 +83,7 @@ class Trainer:
         self.changes = {}
         if resume:
             where = Path(run_dir) / "config.json"
-            self.changes = resume_changes(validate(read_json(where), str(where)), cfg)
+            self.changes = resume_changes(validate(read_json(where), str(where)), cfg, Path(run_dir))
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -399,8 +399,8 @@ class Trainer:
         while True:
             try:
                 self.run_dir.mkdir()
+                self._lock = lock_run_dir(self.run_dir)  # another start may have taken it over first
                 self._created = True
-                self._lock = lock_run_dir(self.run_dir)
                 return
             except FileExistsError:
                 if self.cfg.run.name is not None:
@@ -408,8 +408,10 @@ class Trainer:
                         self._lock = lock_run_dir(self.run_dir)
                         if never_checkpointed(self.run_dir):  # still so, now that no one else writes it
                             for p in self.run_dir.iterdir():
-                                if p.name != LOCK_FILE:
-                                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                                if p.is_dir() and not p.is_symlink():
+                                    shutil.rmtree(p)
+                                elif p.name != LOCK_FILE:
+                                    p.unlink()
                             self._created = True
                             return
                         self._unlock()

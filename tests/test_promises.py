@@ -260,6 +260,7 @@ def stopped_run(tmp_path, capsys) -> Path:
     ("divergence.name=js", "divergence.name"),
     ("optim.batch_size=32", "optim.batch_size"),
     ("run.seed=1", "run.seed"),
+    ('run.name="elsewhere"', "run.name"),  # --name or --out only to name the run directory itself
 ])
 def test_resume_refuses_to_change_what_the_checkpoint_holds(setting, key, stopped_run, capsys):
     before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
@@ -290,6 +291,17 @@ def test_resume_applies_and_records_a_new_learning_rate_and_schedule(stopped_run
 def test_resume_to_fewer_steps_than_trained_is_refused(stopped_run, capsys):
     code, err = cli(capsys, "train", "--resume", str(stopped_run), "--steps", "30", "-q")
     assert code == 1 and "below the checkpoint's step 40" in one_error_line(err)
+
+
+def test_a_moved_run_resumes_with_out_naming_where_it_is(stopped_run, tmp_path, capsys):
+    moved = tmp_path / "moved" / "r"
+    moved.parent.mkdir()
+    stopped_run.rename(moved)
+    code, err = cli(capsys, "train", "--resume", str(moved), "--out", str(tmp_path / "moved"), "--steps", "60", "-q")
+    assert code == 0, err
+    assert json.loads((moved / "config.json").read_text())["run"]["out_dir"] == str(tmp_path / "moved")
+    code, err = cli(capsys, "train", "--resume", str(moved), "--out", str(tmp_path / "runs"), "--steps", "80", "-q")
+    assert code == 1 and "cannot change run.out_dir when resuming" in one_error_line(err)
 
 
 # --------------------------------------------------------------------------- compare
@@ -380,3 +392,4 @@ def test_inputs_that_are_not_regular_files_are_refused_without_blocking(stopped_
         f.truncate(100 << 30)
     code, err = cli(capsys, "sample", str(stopped_run), "-n", "4", "-o", str(tmp_path / "s.npy"))
     assert code == 1 and f"cannot read weights file {weights}: it is 100 GiB, more than the 64 GiB fgm reads" in one_error_line(err)
+
