@@ -31,7 +31,7 @@ from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
     FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, join_state, load_tensors, lock_run_dir,
-    never_checkpointed, read_json, save_tensors, split_state, truncate_rows, write_json,
+    naming, never_checkpointed, read_json, save_tensors, split_state, truncate_rows, write_json,
 )
 
 
@@ -571,12 +571,11 @@ class MetricsLogger:
                 self.tb = None
 
     def log(self, row: dict[str, Any]) -> None:
-        import json
-
         if self.f is None:
             return
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        with naming(self.path):  # a full disk names the file; a partial line goes on resume
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -97,7 +97,7 @@ def metric_rows(run: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- signals
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_checkpoints_exits_and_resume_matches(sig, status, reference, work, tmp_path, capsys):
+def test_signal_checkpoints_exits_and_resume_matches(sig, status, reference, tmp_path, capsys):
     run = tmp_path / "runs" / "sig"
     proc = start(toml(tmp_path / "t.toml", steps=STEPS), "sig", tmp_path)
     wait_for(proc, run / "checkpoint.json")
@@ -220,7 +220,7 @@ def test_full_disk_while_the_run_files_are_written_leaves_nothing(tmp_path, caps
 
 
 # --------------------------------------------------------------------------- locking and metrics
-def test_concurrent_writers_are_refused_and_metrics_survive_kill_and_resume(work, tmp_path, capsys):
+def test_concurrent_writers_are_refused_and_metrics_survive_kill_and_resume(tmp_path, capsys):
     config = toml(tmp_path / "t.toml", steps=100_000, every=20)
     run = tmp_path / "runs" / "locked"
     proc = start(config, "locked", tmp_path)
