@@ -216,7 +216,9 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
     summary = (run.path / "summary.json")
     click.echo(f"run: {run.path}")
     if summary.exists():
-        s = json.loads(summary.read_text())
+        from fgm_core.storage import read_json
+
+        s = read_json(summary)
         parts = []
         if "modes_captured" in s:
             parts.append(f"modes {s['modes_captured']}/{s['modes_total']}, high-quality {100 * s['high_quality']:.1f}%")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fgm_core.errors import FGMError, Interrupted
+from fgm_core.storage import read_json
 
 #: (key, header, format, scale) of the table columns, in order; missing keys are skipped.
 COLUMNS = [
@@ -168,8 +169,8 @@ def _main_thread() -> bool:
 def _checkpoint_step(run: Path) -> int:
     """The steps an interrupted run really trained: its last checkpoint (0 without one)."""
     try:
-        return int(json.loads((run / "checkpoint.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(run / "checkpoint.json")["step"])
+    except (FGMError, OSError, ValueError, KeyError, TypeError):
         return 0
 
 
@@ -328,7 +329,7 @@ def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progres
     from fgm_core.run import Run
 
     out = Path(out_dir)
-    summary = json.loads((out / "results.json").read_text())
+    summary = read_json(out / "results.json")
     bundles: dict[int, Any] = {}
     runs = summary["runs"]
     it = runs
@@ -352,7 +353,7 @@ def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progres
 
 def merge(out_dir: str | Path, parts: list[str | Path], write: bool = True) -> dict[str, Any]:
     """One report from several compare directories (e.g. different critics on the same data)."""
-    summaries = [json.loads((Path(p) / "results.json").read_text()) for p in parts]
+    summaries = [read_json(Path(p) / "results.json") for p in parts]
     s0 = summaries[0]
     summary = {"divergences": list(dict.fromkeys(d for s in summaries for d in s["divergences"])),
                "critics": list(dict.fromkeys(c for s in summaries for c in s["critics"])),

@@ -398,13 +398,17 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_changes(old: FGMConfig, new: FGMConfig) -> dict[str, tuple[Any, Any]]:
-    """The settings a resume changes, ``{key: (old, new)}``; an :class:`FGMError` naming the
-    first key outside :data:`RESUMABLE` that differs."""
+def resume_changes(old: FGMConfig, new: FGMConfig, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """The settings a resume of ``run_dir`` changes, ``{key: (old, new)}``; an
+    :class:`FGMError` naming the first key outside :data:`RESUMABLE` that differs.
+    ``run.out_dir`` and ``run.name`` may change only to name ``run_dir`` itself (a run that
+    was moved or copied: the record then says where it is)."""
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
     changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    here = Path(run_dir).resolve()
+    located = Path(new.run.out_dir).resolve() == here.parent and new.run.name in (None, here.name)
     for key, (was, now) in changed.items():
-        if key not in RESUMABLE:
+        if key not in RESUMABLE and not (key in ("run.out_dir", "run.name") and located):
             raise FGMError(f"cannot change {key} when resuming (the run has {was!r}, the command line {now!r})",
                            f"a resume may change only {', '.join(sorted(RESUMABLE))}; start a new run for the rest")
     return changed

@@ -198,13 +198,13 @@ def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
-    from fgm_core.storage import confined_file
+    from fgm_core.storage import MAX_DATA_BYTES, confined_file, read_input
 
     p = confined_file(Path(run_dir), "metrics.jsonl", Path(run_dir))
     if not p.exists():
         return []
     rows = []
-    for line in p.read_text().splitlines():
+    for line in read_input(p, "metrics log", MAX_DATA_BYTES).decode(errors="replace").splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:

@@ -52,10 +52,11 @@ def read_input(path: Path, what: str, limit: int) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FGMError(f"{what} {path} is not a regular file", "give a plain file, not a FIFO, device or socket")
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
+            raise FGMError(f"cannot read {what} {path}: it is {kind}", "give a regular file")
         if st.st_size > limit:
-            raise FGMError(f"{what} {path} is {_size(st.st_size)}, more than the {_size(limit)} fgm reads",
-                           "check that this is the right file")
+            raise FGMError(f"cannot read {what} {path}: it is {_size(st.st_size)}, more than the {_size(limit)} "
+                           "fgm reads", "check that this is the right file")
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
             return f.read(st.st_size)  # bounded even if the file grows meanwhile
@@ -132,7 +133,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, _new_file_mode(path))  # mkstemp makes 0600; a plain open() honours the umask
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:  # a full disk names the file
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -33,8 +33,8 @@ from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
     FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
-    lock_run_dir, never_checkpointed, read_json, read_record, refuse_links, save_tensors, split_state, truncate_rows,
-    write_json,
+    lock_run_dir, naming, never_checkpointed, read_json, read_record, refuse_links, save_tensors, split_state,
+    truncate_rows, write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -97,7 +97,7 @@ class Trainer:
         self.changes = {}
         if resume:
             where = Path(run_dir) / "config.json"
-            self.changes = resume_changes(validate(read_json(where), str(where)), cfg)
+            self.changes = resume_changes(validate(read_json(where), str(where)), cfg, Path(run_dir))
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -250,10 +250,11 @@ class Trainer:
         try:
             if self.resume:
                 refuse_links(self.run_dir)
-                self._on_rank0(self._lock_for_resume)
+                self._on_rank0(self._lock_run_dir)
                 self.load_checkpoint()
                 self._on_rank0(self._record_resume)
                 self._apply_optim_settings()
+                self._on_rank0(self._record_resume)
             else:
                 self._on_rank0(self._start_run_dir)
             logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
@@ -326,8 +327,10 @@ class Trainer:
                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
         except OSError as e:  # disk full, permissions: name the file and what is kept
             self._cleanup_failed()
+            if not (self._created or self.resume):
+                raise  # no run directory yet (e.g. --out is a file): the CLI names the path
             raise FGMError(f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then "
-                           "resume (or rerun) the same command") from None
+                           "run it again") from None
         except BaseException:
             self._cleanup_failed()
             raise
@@ -397,20 +400,19 @@ class Trainer:
         self._claim_run_dir()
         self._write_run_files()
 
-    def _lock_for_resume(self) -> None:
-        """Lock the run directory before its checkpoint is read (nobody else may write it)."""
+    def _lock_run_dir(self) -> None:
         self._lock = lock_run_dir(self.run_dir)
 
     def _record_resume(self) -> None:
-        """Record this resume (and any allowed change) once the checkpoint has loaded, so a
-        damaged run is left as it was; a run that never wrote a checkpoint starts again from
-        step 0 with its files rewritten."""
-        if self.last_checkpoint is None:
+        """Record this resume (and any allowed change) in the run, once its checkpoint loaded;
+        a run that never wrote a checkpoint starts again from step 0 with its files rewritten."""
+        if not (self.run_dir / "checkpoint.json").exists():
             self._write_run_files()
         elif self.changes:
             self._write_config()
         entry = {"time": datetime.now().isoformat(timespec="seconds"), "fgm_version": __version__,
-                 "from_step": self.last_checkpoint or 0, "changed": {k: list(v) for k, v in self.changes.items()}}
+                 "from_step": self.step,
+                 "changed": {k: list(v) for k, v in self.changes.items()}}
         append_line(self.run_dir / "resumes.jsonl", json.dumps(entry))
 
     def _unlock(self) -> None:
@@ -432,8 +434,8 @@ class Trainer:
         while True:
             try:
                 self.run_dir.mkdir()
+                self._lock = lock_run_dir(self.run_dir)  # another start may have taken it over first
                 self._created = True
-                self._lock = lock_run_dir(self.run_dir)
                 return
             except FileExistsError:
                 if self.cfg.run.name is not None:
@@ -441,8 +443,10 @@ class Trainer:
                         self._lock = lock_run_dir(self.run_dir)
                         if never_checkpointed(self.run_dir):  # still so, now that no one else writes it
                             for p in self.run_dir.iterdir():
-                                if p.name != LOCK_FILE:
-                                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                                if p.is_dir() and not p.is_symlink():
+                                    shutil.rmtree(p)
+                                elif p.name != LOCK_FILE:
+                                    p.unlink()
                             self._created = True
                             return
                         self._unlock()
@@ -653,12 +657,11 @@ class MetricsLogger:
                 self.tb = None
 
     def log(self, row: dict[str, Any]) -> None:
-        import json
-
         if self.f is None:
             return
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        with naming(self.path):  # a full disk names the file; a partial line goes on resume
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -1,7 +1,7 @@
 """The generator-loss default and the warning for ``non_saturating`` with a divergence whose
 T(s) grows exponentially as s -> -inf.
 
-fgm-math.md section 2.2 makes the saddle form the default. Measured, that fails the default run:
+docs/math.md section 2.2 makes the saddle form the default. Measured, that fails the default run:
 js with the density critic and the saddle loss learned 0 of 8 ring8 modes, because the model
 term saturates. The non-saturating loss learned 7 of 8. So ``auto`` (the default) takes the
 saddle form only where the non-saturating one is heavy-tailed."""
@@ -17,7 +17,7 @@ from fgm_core.cli import main
 from fgm_core.config import build_config
 from fgm_core.plugins import PluginSet
 
-# T(s) = f'(e^s) as s -> -inf (fgm-math.md 2.1): exponential growth for these, at most linear for the rest
+# T(s) = f'(e^s) as s -> -inf (docs/math.md 2.1): exponential growth for these, at most linear for the rest
 EXPONENTIAL_T = {"reverse_kl": "-e^-s", "neyman": "-e^-2s", "hellinger": "-e^-s/2", "jeffrey": "-e^-s",
                  "alpha=0.5": "-2 e^-s/2", "alpha=-1": "-e^-2s/2"}
 CASES = [(n, {}) for n in ("kl", "reverse_kl", "pearson", "neyman", "hellinger", "js", "gan", "jeffrey")] + [

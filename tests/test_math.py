@@ -169,7 +169,7 @@ def test_exact_log_density_maximises_J_over_the_critic(plugins, name, params):
     assert values[0.0] > max(values[-0.3], values[0.3]) + 1e-3, (name, values)
 
 
-#: T(s) and C(s) written out (fgm-math.md section 2.1), for the gradient test below
+#: T(s) and C(s) written out (docs/math.md section 2.1), for the gradient test below
 T_AND_C = {
     "reverse_kl": (lambda s: -torch.exp(-s), lambda s: s - 1),
     "js": (lambda s: math.log(2) - F.softplus(-s), lambda s: F.softplus(s) - math.log(2)),

@@ -35,7 +35,7 @@ import fgm_core as fgm
 import fgm_core.storage as storage
 from fgm_core.config import build_config, dump_toml
 
-STEPS = 200
+STEPS = 100
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def metric_rows(run: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- signals
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_checkpoints_exits_and_resume_matches(sig, status, reference, work, tmp_path, capsys):
+def test_signal_checkpoints_exits_and_resume_matches(sig, status, reference, tmp_path, capsys):
     run = tmp_path / "runs" / "sig"
     proc = start(toml(tmp_path / "t.toml", steps=STEPS), "sig", tmp_path)
     wait_for(proc, run / "checkpoint.json")
@@ -108,6 +108,8 @@ def test_signal_checkpoints_exits_and_resume_matches(sig, status, reference, wor
     stopped = json.loads((run / "checkpoint.json").read_text())["step"]
     assert f"interrupted ({sig.name}) at step {stopped};" in line and "--resume" in line
     assert 0 < stopped < STEPS and not (run / "model.safetensors").exists(), "the signal came too late"
+    if sig == signal.SIGINT:
+        return  # resuming after Ctrl-C: tests/test_reliability.py
     code, err = cli(capsys, "train", "--resume", str(run), "-q")
     assert code == 0, err
     assert_bit_identical(run / "model.safetensors", reference)
@@ -218,7 +220,7 @@ def test_full_disk_while_the_run_files_are_written_leaves_nothing(tmp_path, caps
 
 
 # --------------------------------------------------------------------------- locking and metrics
-def test_concurrent_writers_are_refused_and_metrics_survive_kill_and_resume(work, tmp_path, capsys):
+def test_concurrent_writers_are_refused_and_metrics_survive_kill_and_resume(tmp_path, capsys):
     config = toml(tmp_path / "t.toml", steps=100_000, every=20)
     run = tmp_path / "runs" / "locked"
     proc = start(config, "locked", tmp_path)
@@ -258,6 +260,7 @@ def stopped_run(tmp_path, capsys) -> Path:
     ("divergence.name=js", "divergence.name"),
     ("optim.batch_size=32", "optim.batch_size"),
     ("run.seed=1", "run.seed"),
+    ('run.name="elsewhere"', "run.name"),  # --name or --out only to name the run directory itself
 ])
 def test_resume_refuses_to_change_what_the_checkpoint_holds(setting, key, stopped_run, capsys):
     before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
@@ -288,6 +291,17 @@ def test_resume_applies_and_records_a_new_learning_rate_and_schedule(stopped_run
 def test_resume_to_fewer_steps_than_trained_is_refused(stopped_run, capsys):
     code, err = cli(capsys, "train", "--resume", str(stopped_run), "--steps", "30", "-q")
     assert code == 1 and "below the checkpoint's step 40" in one_error_line(err)
+
+
+def test_a_moved_run_resumes_with_out_naming_where_it_is(stopped_run, tmp_path, capsys):
+    moved = tmp_path / "moved" / "r"
+    moved.parent.mkdir()
+    stopped_run.rename(moved)
+    code, err = cli(capsys, "train", "--resume", str(moved), "--out", str(tmp_path / "moved"), "--steps", "60", "-q")
+    assert code == 0, err
+    assert json.loads((moved / "config.json").read_text())["run"]["out_dir"] == str(tmp_path / "moved")
+    code, err = cli(capsys, "train", "--resume", str(moved), "--out", str(tmp_path / "runs"), "--steps", "80", "-q")
+    assert code == 1 and "cannot change run.out_dir when resuming" in one_error_line(err)
 
 
 # --------------------------------------------------------------------------- compare
@@ -359,12 +373,12 @@ def test_inputs_that_are_not_regular_files_are_refused_without_blocking(stopped_
         fifo = tmp_path / "rows.csv"
         os.mkfifo(fifo)
         code, err = cli(capsys, "score", str(stopped_run), str(fifo))
-        assert code == 1 and one_error_line(err).endswith(f"data file {fifo} is not a regular file "
-                                                          "(give a plain file, not a FIFO, device or socket)")
+        assert code == 1 and one_error_line(err).endswith(
+            f"cannot read data file {fifo}: it is not a regular file (a FIFO, device or socket) (give a regular file)")
         cfg = tmp_path / "c.toml"
         os.mkfifo(cfg)
         code, err = cli(capsys, "train", "-c", str(cfg), "-q")
-        assert code == 1 and f"config file {cfg} is not a regular file" in one_error_line(err)
+        assert code == 1 and f"cannot read config file {cfg}: it is not a regular file" in one_error_line(err)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -378,4 +392,5 @@ def test_inputs_that_are_not_regular_files_are_refused_without_blocking(stopped_
     with open(weights, "wb") as f:  # sparse: a 100 GiB file that takes no space
         f.truncate(100 << 30)
     code, err = cli(capsys, "sample", str(stopped_run), "-n", "4", "-o", str(tmp_path / "s.npy"))
-    assert code == 1 and f"weights file {weights} is 100 GiB, more than the 64 GiB fgm reads" in one_error_line(err)
+    assert code == 1 and f"cannot read weights file {weights}: it is 100 GiB, more than the 64 GiB fgm reads" in one_error_line(err)
+
