@@ -252,7 +252,6 @@ class Trainer:
                 refuse_links(self.run_dir)
                 self._on_rank0(self._lock_run_dir)
                 self.load_checkpoint()
-                self._on_rank0(self._record_resume)
                 self._apply_optim_settings()
                 self._on_rank0(self._record_resume)
             else:
