@@ -238,11 +238,13 @@ def _read_array(path: Path):
 
     import numpy as np
 
+    from fgm_core.tables import CSV_SUFFIXES, read_csv
+
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
-        if path.suffix == ".csv":
-            return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        if path.suffix.lower() in CSV_SUFFIXES:  # the reader `fgm train` uses: same header rule
+            return read_csv(path)[0]
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
