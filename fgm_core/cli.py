@@ -219,6 +219,15 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
 
 
 # --------------------------------------------------------------------------- use a model
+_notes: list[str] = []  # stderr lines for a command that succeeded (an error stays the only line)
+
+
+@cli.result_callback()
+def _say_notes(*_: Any, **__: Any) -> None:
+    while _notes:
+        click.echo(_notes.pop(0), err=True)
+
+
 def _open(path: Path, device: str):
     """A run directory (torch) or an export directory (its exporter's runtime)."""
     if (path / "manifest.json").exists():
@@ -226,7 +235,7 @@ def _open(path: Path, device: str):
 
         model = open_export(path, device=device)
         if device == "auto" and hasattr(model, "settle_device"):
-            click.echo(f"fgm: {model.settle_device()}", err=True)  # say which provider auto got
+            _notes.append(f"fgm: {model.settle_device()}")  # which provider auto got, said once it worked
         return model
     from fgm_core.run import Run
 
@@ -477,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     _argv = list(argv) if argv is not None else None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
+        env.check()
         _with_plugin_commands()
         cli.main(args=argv, prog_name="fgm", standalone_mode=False)
     except click.exceptions.Exit as e:

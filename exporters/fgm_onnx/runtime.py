@@ -118,7 +118,7 @@ def _parse_device(device: str) -> tuple[str, int]:
     d = str(device).strip().lower()
     if d in ("auto", "cpu", "cuda"):
         return d, 0
-    if d.startswith("cuda:") and d[5:].isdigit():
+    if d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit():
         return "cuda", int(d[5:])
     raise FGMRuntimeError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
 
@@ -261,7 +261,7 @@ class OnnxRuntimeModel:
                 raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
                                       f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")
             fv = meta.get("fgm.format_version", "")
-            if not fv.isdigit() or int(fv) > FORMAT_VERSION:
+            if not (fv.isascii() and fv.isdigit()) or int(fv) > FORMAT_VERSION:
                 raise FGMRuntimeError(f"{g.path} has export format version {fv!r}; this runtime reads {FORMAT_VERSION}",
                                       "upgrade fgm or re-export the run")
             names = [i.name for i in sess.get_inputs()]
