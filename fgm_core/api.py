@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from fgm_core.config import FGMConfig, build_config, validate
-from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
 
@@ -23,7 +26,21 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     cfg = build_config(data, overrides, preset_dicts)
     if names:
         cfg.plugins = list(dict.fromkeys(cfg.plugins + names))
+    check_plugin_names(cfg.plugins, plugins)
     return cfg, plugins
+
+
+def check_plugin_names(names: list[str], plugins: PluginSet) -> None:
+    """Every plugin a configuration names (``plugins = [...]``, from --plugin, presets or a
+    config file) must be loaded: a run's record never lists a plugin it did not have."""
+    loaded = sorted(n for n, i in plugins.infos.items() if not i.error)
+    unknown = list(dict.fromkeys(n for n in names if n not in loaded))
+    if len(unknown) == 1:
+        raise unknown_name("plugin", unknown[0], loaded)
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:3])
+        raise FGMError(f"the configuration names {len(unknown)} plugins that are not loaded ({shown}, ...)",
+                       f"loaded: {', '.join(loaded) or 'none'}; fix the plugins list, see `fgm plugins`")
 
 
 def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,
@@ -89,8 +106,10 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     out = Path(out_dir) if out_dir else run.path / f"export-{fmt}"
     check_export_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        (tmp / PARTIAL_MARK).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         try:
             manifest = exporter.export(run, tmp, **options)
         except PLUGIN_FAILURES as e:
@@ -99,12 +118,42 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
             raise PluginError(f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "
                               f"{' '.join(str(e).split())}; nothing was written to {out}",
                               "fix or update the plugin, or report it to its author") from e
+        (tmp / PARTIAL_MARK).unlink()
         manifest = seal_export(tmp, manifest, fmt)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+#: the file that marks ``.OUT.XXXX/`` as an export in progress: "PID HOST" of its writer
+PARTIAL_MARK = ".fgm-partial-export"
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove what killed exports to ``out`` left: ``.OUT.XXXX/`` folders with fgm's mark
+    whose writer (same host) is no longer running. Nothing else is touched."""
+    import shutil
+
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        try:
+            pid, host = (d / PARTIAL_MARK).read_text().split()
+            if d.is_symlink() or host != socket.gethostname() or _alive(int(pid)):
+                continue
+        except (OSError, ValueError):
+            continue  # not an fgm partial export (or not readable): leave it alone
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, another user's
+    return True
 
 
 def open_export(path: str | Path, device: str = "auto", **options: Any) -> Any:

@@ -267,6 +267,15 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
 
 
 # --------------------------------------------------------------------------- use a model
+_notes: list[str] = []  # stderr lines for a command that succeeded (an error stays the only line)
+
+
+@cli.result_callback()
+def _say_notes(*_: Any, **__: Any) -> None:
+    while _notes:
+        click.echo(_notes.pop(0), err=True)
+
+
 def _runtime_options(f):
     """``--device``, ``--threads`` and ``-v``, shared by the commands that run a model."""
     opts = [
@@ -289,9 +298,9 @@ def _open(path: Path, device: str, threads: int | None = None, verbose: bool = F
 
         model = open_export(path, device=device, **({"threads": threads} if threads else {}))
         if device == "auto" and hasattr(model, "settle_device"):
-            message = model.settle_device()  # one line, and for the CPU only when asked
+            message = model.settle_device()  # one line, said once the command worked; the CPU only when asked
             if verbose or getattr(model, "provider", None) != "CPUExecutionProvider":
-                click.echo(f"fgm: {message}", err=True)
+                _notes.append(f"fgm: {message}")
         return model
     if threads:
         import torch
@@ -309,16 +318,18 @@ def _read_array(path: Path):
     import numpy as np
 
     from fgm_core.storage import MAX_DATA_BYTES, read_input
+    from fgm_core.tables import CSV_SUFFIXES, read_csv
 
     try:
-        if path.suffix not in (".npy", ".csv", ".npz"):
+        suffix = path.suffix.lower()
+        if suffix not in (".npy", ".npz", *CSV_SUFFIXES):
             raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
+        if suffix in CSV_SUFFIXES:  # the reader `fgm train` uses: same header rule
+            return read_csv(path)[0]
         raw = io.BytesIO(read_input(path, "data file", MAX_DATA_BYTES))
-        if path.suffix == ".npy":
+        if suffix == ".npy":
             return np.load(raw, allow_pickle=False)
-        if path.suffix == ".csv":
-            return np.loadtxt(io.TextIOWrapper(raw), delimiter=",", dtype=np.float32, ndmin=2)
-        if path.suffix == ".npz":
+        if suffix == ".npz":
             with np.load(raw, allow_pickle=False) as z:
                 if not z.files:
                     raise FGMError(f"{path} holds no arrays", "save the data with np.savez(path, x)")
@@ -609,6 +620,7 @@ def main(argv: list[str] | None = None) -> None:
     _argv = list(argv) if argv is not None else None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
+        env.check()
         _with_plugin_commands()
         cli.main(args=argv, prog_name="fgm", standalone_mode=False)
     except click.exceptions.Exit as e:

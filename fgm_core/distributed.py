@@ -81,7 +81,11 @@ def setup(device: torch.device) -> torch.device:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as e:  # WORLD_SIZE set without the rest of torchrun's variables
+            raise FGMError(f"cannot join the torch.distributed group ({' '.join(str(e).split())[:200]})",
+                           "start with `fgm train --nproc N` or torchrun, or unset WORLD_SIZE") from None
     return device
 
 

@@ -13,6 +13,8 @@ import os
 
 from fgm_core.errors import FGMError
 
+FLAGS = ("FGM_STRICT_PLUGINS", "FGM_NO_PROGRESS", "FGM_NO_PLUGIN_COMMANDS")
+INTEGERS = (("WORLD_SIZE", 1, 1), ("RANK", 0, 0), ("LOCAL_RANK", 0, 0))
 _YES = {"1", "true", "yes", "on"}
 _NO = {"", "0", "false", "no", "off"}
 
@@ -38,3 +40,12 @@ def integer(name: str, default: int, minimum: int = 0) -> int:
         raise FGMError(f"environment variable {name}={value!r} is not an integer of at least {minimum}",
                        f"unset {name}, or set it as torchrun does")
     return int(value)
+
+
+def check() -> None:
+    """Parse every variable above once, before a command does any work (so a bad value
+    never leaves anything half-done)."""
+    for name in FLAGS:
+        flag(name)
+    for name, default, minimum in INTEGERS:
+        integer(name, default, minimum)

@@ -126,7 +126,7 @@ def _parse_device(device: str) -> tuple[str, int]:
     d = str(device).strip().lower()
     if d in ("auto", "cpu", "cuda"):
         return d, 0
-    if d.startswith("cuda:") and d[5:].isdigit():
+    if d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit():
         return "cuda", int(d[5:])
     raise FGMRuntimeError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
 
@@ -314,15 +314,32 @@ class OnnxRuntimeModel:
                 raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
                                       f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")
             fv = meta.get("fgm.format_version", "")
-            if not fv.isdigit() or int(fv) > FORMAT_VERSION:
+            if not (fv.isascii() and fv.isdigit()) or int(fv) > FORMAT_VERSION:
                 raise FGMRuntimeError(f"{g.path} has export format version {fv!r}; this runtime reads {FORMAT_VERSION}",
                                       "upgrade fgm or re-export the run")
             names = [i.name for i in sess.get_inputs()]
             if names != [i["name"] for i in g.inputs]:
                 raise FGMRuntimeError(f"{g.path} takes inputs {names}, the manifest says "
                                       f"{[i['name'] for i in g.inputs]}", "the export directory is inconsistent; re-export")
+            for i in [*sess.get_inputs(), *sess.get_outputs()]:
+                self._check_shape(g, i.name, list(i.shape))
             g.session, g.meta = sess, dict(meta)
         return g.session
+
+    def _check_shape(self, g: _Graph, name: str, shape: list[Any]) -> None:
+        """What this runtime feeds and returns (shapes from the manifest's latent_dim and
+        data_shape) must be what the graph has: a manifest that disagrees with its graphs is
+        one clear error. Per-row scalars (log_density, ...) have nothing to check."""
+        if name not in ("x", "z", "eps", "mu", "logvar"):
+            return
+        per_row = self.data_shape if name == "x" or (name == "eps" and g.role == "generator") else (self.latent_dim,)
+        lead = 2 if name == "eps" and g.role != "generator" else 1  # (K, B, d) or (B, ...)
+        fixed = shape[lead:]
+        if len(shape) != lead + len(per_row) or any(isinstance(a, int) and a != b for a, b in zip(fixed, per_row)):
+            raise FGMRuntimeError(
+                f"{g.path} has {name} of shape {shape}, but {self.path / 'manifest.json'} says latent_dim "
+                f"{self.latent_dim} and data_shape {list(self.data_shape)}",
+                "the export directory is inconsistent; re-export the run with `fgm export --onnx`")
 
     def settle_device(self) -> str:
         """Choose the execution provider now (by opening the smallest graph) and return the
@@ -355,7 +372,12 @@ class OnnxRuntimeModel:
             out = binding.copy_outputs_to_cpu()
             del keep
             return out
-        return sess.run(names, feeds)
+        try:
+            return sess.run(names, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own types, several lines each
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise FGMRuntimeError(f"onnxruntime failed to run the {role} graph ({first})",
+                                  "check the input; if it is right, re-export the run") from None
 
     # ------------------------------------------------------------------ input checks
     def _check_x(self, x: Any) -> np.ndarray:

@@ -13,10 +13,10 @@ from pydantic import Field
 from fgm_core.components import DataBundle, DataRequest, Scaling
 from fgm_core.errors import FGMError
 from fgm_core.storage import MAX_DATA_BYTES, read_input
+from fgm_core.tables import CSV_SUFFIXES, read_csv
 
 from .common import Options, check_finite, check_request, make_bundle, parse_options, split_indices
 
-CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 
 
 class ArrayOptions(Options):
@@ -76,65 +76,8 @@ def _npz_array(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
 def _load_csv(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
-    try:
-        text = read_input(path, "data file", MAX_DATA_BYTES).decode()
-    except PermissionError:
-        raise _err(path, "permission denied", "fix its permissions") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _err(path, f"cannot be read as text ({e})", "give a plain-text CSV file") from None
-    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
-                if ln.strip() and not ln.lstrip().startswith("#")]
-    if not numbered:
-        raise _err(path, "is empty", "give one row per item")
-    first = numbered[0][1]
-    delim = next((d for d in (",", "\t", ";") if d in first), None)
-
-    def split(line: str) -> list[str]:
-        return [f.strip().strip('"') for f in (line.split(delim) if delim else line.split())]
-
-    fields = split(first)
-    ncol = len(fields)
-    label_col = None
-    if opts.label_column is not None:
-        if not -ncol <= opts.label_column < ncol:
-            raise _err(path, f"label_column {opts.label_column} is out of range for {ncol} columns",
-                       f"use 0..{ncol - 1} or -1 for the last")
-        label_col = opts.label_column % ncol
-    value_cols = [i for i in range(ncol) if i != label_col]
-    if not value_cols:
-        raise _err(path, "has no value columns besides the label column", "check label_column")
-    header = not all(_is_number(fields[i]) for i in value_cols)
-    body = numbered[1:] if header else numbered
-    if not body:
-        raise _err(path, "has a header but no data rows", "add data rows")
-    rows = [ln for _, ln in body]
-    try:
-        data = np.loadtxt(rows, delimiter=delim, usecols=value_cols, ndmin=2, dtype=np.float64)
-        labels = (np.loadtxt(rows, delimiter=delim, usecols=[label_col], dtype=str, ndmin=1)
-                  if label_col is not None else None)
-    except ValueError as e:
-        for lineno, line in body:  # slow path, only on failure: find the offending line
-            f = split(line)
-            if len(f) != ncol:
-                raise _err(path, f"line {lineno} has {len(f)} columns, expected {ncol}",
-                           "give every row the same number of columns") from None
-            bad = next((i for i in value_cols if not _is_number(f[i])), None)
-            if bad is not None:
-                raise _err(path, f"line {lineno}, column {bad + 1}: {f[bad]!r} is not a number",
-                           "only a header row (the first line) may hold text; "
-                           "use label_column for a text label column") from None
-        raise _err(path, f"is not a numeric table: {e}", "check the delimiter and columns") from None
-    if labels is not None:
-        labels = np.char.strip(np.char.strip(labels), '"')
+    data, labels, header = read_csv(path, opts.label_column, prefix="dataset 'array': ")
     return data, labels, "header" if header else "no header"
 
 

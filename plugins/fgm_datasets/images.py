@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -67,16 +68,23 @@ def load_image(path: Path, size: int, channels: int, fit: str) -> np.ndarray:
     except OSError as e:
         raise FGMError(f"dataset 'images': cannot read {path}: {e.strerror or e}", "check the file") from None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = im.convert("L" if channels == 1 else "RGB")
-            if fit == "crop" and im.width != im.height:
-                s = min(im.width, im.height)
-                left, top = (im.width - s) // 2, (im.height - s) // 2
-                im = im.crop((left, top, left + s, top + s))
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no raw warning lines; PIL's own notes are not errors
+            # between 1x and 2x its pixel limit PIL only warns: refuse those images too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                im = im.convert("L" if channels == 1 else "RGB")
+                if fit == "crop" and im.width != im.height:
+                    s = min(im.width, im.height)
+                    left, top = (im.width - s) // 2, (im.height - s) // 2
+                    im = im.crop((left, top, left + s, top + s))
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise FGMError(f"dataset 'images': {path} has more than {Image.MAX_IMAGE_PIXELS} pixels, too many to "
+                       "decode safely (a decompression bomb?)", "shrink the image or remove it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise FGMError(f"dataset 'images': {path} is not a readable image ({type(e).__name__}: {e})",
                        "delete or replace the file") from None
