@@ -14,7 +14,7 @@ import click
 
 from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
-from fgm_core.errors import FGMError, FGMWarning, Interrupted, os_error_text
+from fgm_core.errors import NPY_LOAD_ERRORS, FGMError, FGMWarning, Interrupted, os_error_text
 
 
 class _Seed(click.ParamType):
@@ -338,7 +338,7 @@ def _read_array(path: Path):
         raise FGMError(f"data file {path} not found", "check the path") from None
     except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
         raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
         raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
 
 

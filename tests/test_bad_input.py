@@ -409,7 +409,7 @@ RUNTIME = {
     "object-array": ("object.npy", ["object.npy", "allow_pickle=False"]),
     "zero-bytes": ("zero-bytes.npy", ["zero-bytes.npy", "empty or truncated"]),
     "missing": ("absent.npy", ["absent.npy", "not found"]),
-    "a-directory": ("folder.npy", ["folder.npy", "not a regular file"]),
+    "a-directory": ("folder.npy", ["folder.npy", "is a directory"]),
     "unsupported": ("broken.toml", ["unsupported data file broken.toml"]),
 }
 

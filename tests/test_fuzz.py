@@ -102,7 +102,10 @@ def model(trained) -> tuple[Path, Path]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    """Size and mtime of every file; ``lock`` is left out: a resume takes the run's lock (and
+    writes its pid there) before it can find out that a checkpoint file is damaged."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.name != "lock"}
 
 
 def promise(res: Result, case: Path, before: set[str], *, usage_ok: bool = True) -> str | None:

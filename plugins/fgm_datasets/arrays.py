@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from fgm_core.components import DataBundle, DataRequest, Scaling
-from fgm_core.errors import FGMError
+from fgm_core.errors import NPY_LOAD_ERRORS, FGMError
 from fgm_core.storage import MAX_DATA_BYTES, read_input
 from fgm_core.tables import CSV_SUFFIXES, read_csv
 
@@ -41,7 +41,7 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
             raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
                        "never loaded", "save a numeric array: np.save(path, x.astype(np.float32))") from None
         raise _err(path, f"is not a valid NumPy file ({e})", "write it with np.save / np.savez") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
         if isinstance(e, PermissionError):
             raise _err(path, "permission denied", "fix its permissions") from None
         raise _err(path, f"is not a valid NumPy file ({type(e).__name__}: {e})",
