@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fgm_core.errors import FGMError, Interrupted
-from fgm_core.storage import read_json
+from fgm_core.storage import read_json, remove_run_dir
 
 #: (key, header, format, scale) of the table columns, in order; missing keys are skipped.
 COLUMNS = [
@@ -102,10 +102,8 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             t0 = time.perf_counter()
             trained, planned = False, base_cfg.run.steps
             try:
-                import shutil
-
                 if (runs_dir / name).exists():
-                    shutil.rmtree(runs_dir / name)
+                    remove_run_dir(runs_dir / name)  # our earlier run of this name; nothing else
                 cfg, _ = resolve_config(base_cfg.to_dict(), ov, plugins=plugins)
                 planned = cfg.run.steps
                 run = train(cfg, plugins=plugins, progress=False)

@@ -419,3 +419,24 @@ def truncate_rows(path: Path, upto: int) -> None:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto:
             keep.append(line + "\n")
     atomic_write_text(path, "".join(keep))
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Delete a run directory that fgm wrote and nobody is writing now (``fgm compare``
+    replaces its own earlier runs this way). Anything else is refused: fgm never deletes a
+    folder it did not write, nor a run another process holds."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise FGMError(f"{run_dir} is in the way and is not a run directory", "move it away or choose another -o")
+    try:
+        kind = json.loads((run_dir / "fgm.json").read_bytes()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "run" and not never_checkpointed(run_dir):
+        raise FGMError(f"{run_dir} is in the way and is not an fgm run directory", "move it away or choose another -o")
+    lock = lock_run_dir(run_dir)  # refuses a run that another process is writing
+    try:
+        shutil.rmtree(run_dir)
+    finally:
+        if lock is not None:
+            lock.close()
