@@ -564,3 +564,26 @@ def test_gradient_penalty_is_the_wgan_gp_formula(plugins, form):
         sq = sq + (a * z_q + (1 - a) * noise["z"]) ** 2
     want = 3.0 * float(((sq.sum(1).sqrt() - 1) ** 2).mean())
     assert abs(penalty - want) < 1e-4 * (1 + want), (penalty, want)
+
+
+# --------------------------------------------------------------------------- free-critic edges
+def test_inverse_f_prime_outside_its_range_gives_the_bound_on_that_side(plugins):
+    """alpha = 2: f' ranges over (-1, inf), so t = -5 lies below it and (f')^{-1} is the lower
+    bound -60; alpha = 0.5: f' ranges over (-inf, 2), so t = 5 gives the upper bound 60."""
+    low = plugins.get("divergences", "alpha").factory(max_exp=40.0, alpha=2.0)
+    high = plugins.get("divergences", "alpha").factory(max_exp=40.0, alpha=0.5)
+    assert float(low.inverse_f_prime_log(torch.tensor([-5.0]))) == -60.0
+    assert float(high.inverse_f_prime_log(torch.tensor([5.0]))) == 60.0
+    # inside the range: log u with f'(u) = t, f'(u) = (u^(a-1) - 1)/(a-1)
+    t = torch.tensor([0.5], dtype=torch.float64)
+    assert abs(float(low.inverse_f_prime_log(t)) - math.log(1 + t.item())) < 1e-9
+
+
+def test_js_conjugate_counts_no_clamps_inside_its_domain(plugins):
+    """f*(t) = -log(2 - e^t) for t < log 2, with nothing clamped away from the boundary."""
+    js = plugins.get("divergences", "js").factory(max_exp=40.0)
+    js.pop_clamped()
+    t = torch.linspace(-5.0, 0.6, 29, dtype=torch.float64)
+    got = js.conjugate(t)
+    assert js.pop_clamped() == 0
+    torch.testing.assert_close(got, -torch.log(2 - torch.exp(t)), rtol=1e-12, atol=1e-12)
