@@ -494,7 +494,9 @@ def test_free_marginal_critic_reads_back_the_data_density(plugins):
 
 def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
     """f-GAN leaves the encoder out of J; fgm fits it by the negative ELBO with the decoder
-    held fixed: the encoder gradient equals that of the written-out negative ELBO."""
+    held fixed: the encoder gradient equals that of the written-out negative ELBO, and the
+    decoder gradient is that of the f-GAN objective alone (js, saddle:
+    E_pD[log 2 - softplus(-V)] - E_ptheta[softplus(V) - log 2])."""
     div = plugins.get("divergences", "js").factory(max_exp=40.0)
     nets = Networks(LinearEncoder(A, C, V), LinearDecoder(W, B), OptimalMarginalCritic())
     model = FGMModel(nets, div, critic_form="marginal", data_shape=(1,), latent_dim=1, sigma=S,
@@ -502,13 +504,35 @@ def test_marginal_critic_fits_the_encoder_by_the_elbo(plugins):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(64, 1, generator=g)
     noise = {k: torch.randn(64, 1, generator=g) for k in ("z", "x_eps", "z_eps")}
-    enc = list(model.encoder.parameters())
-    got = torch.autograd.grad(model.generator_loss(x, noise).loss, enc)
-    want = torch.autograd.grad(independent_negative_elbo_mc(model, x, noise["z_eps"]).mean(), enc)
-    for a, b in zip(got, want):
+    enc, dec = list(model.encoder.parameters()), [model.decoder.w, model.decoder.b, model.rho]
+    got = torch.autograd.grad(model.generator_loss(x, noise).loss, enc + dec)
+    want_enc = torch.autograd.grad(independent_negative_elbo_mc(model, x, noise["z_eps"]).mean(), enc)
+    x_p = model.decoder(noise["z"]) + (model.min_sigma + torch.exp(model.rho)) * noise["x_eps"]
+    critic = model.critic
+    fgan = (math.log(2) - F.softplus(-critic(x))).mean() - (F.softplus(critic(x_p)) - math.log(2)).mean()
+    want_dec = torch.autograd.grad(fgan, dec)
+    for a, b in zip(got, want_enc + want_dec):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert all(float(b.abs()) > 1e-4 for b in want)
+    assert all(float(b.abs().max()) > 1e-4 for b in want_enc + want_dec)
     assert all(p.requires_grad for p in model.decoder.parameters())  # the decoder is frozen only for the fit
+
+
+def test_a_critic_step_moves_the_estimator_toward_log_pd(plugins):
+    """Gradient descent on the critic loss raises J: from l = log p_D + 0.3, one small step
+    lowers the offset and increases J (for a few divergences with the density critic)."""
+    first, second = quantile_noise(300)
+    noise = {"z": first, "x_eps": second, "z_eps": second}
+    for name in ("kl", "js", "reverse_kl", "pearson"):
+        model = exact_model(plugins.get("divergences", name).factory(max_exp=40.0))
+        with torch.no_grad():
+            model.critic.offset.fill_(0.3)
+        before = float(model.critic_loss(first, noise).objective)
+        (grad,) = torch.autograd.grad(model.critic_loss(first, noise).loss, [model.critic.offset])
+        with torch.no_grad():
+            model.critic.offset -= 0.05 * grad
+            after = float(model.critic_loss(first, noise).objective)
+            offset = float(model.critic.offset)
+        assert 0 < offset < 0.3 and after > before, (name, offset, before, after)
 
 
 class QuadraticCritic(nn.Module):
@@ -540,3 +564,26 @@ def test_gradient_penalty_is_the_wgan_gp_formula(plugins, form):
         sq = sq + (a * z_q + (1 - a) * noise["z"]) ** 2
     want = 3.0 * float(((sq.sum(1).sqrt() - 1) ** 2).mean())
     assert abs(penalty - want) < 1e-4 * (1 + want), (penalty, want)
+
+
+# --------------------------------------------------------------------------- free-critic edges
+def test_inverse_f_prime_outside_its_range_gives_the_bound_on_that_side(plugins):
+    """alpha = 2: f' ranges over (-1, inf), so t = -5 lies below it and (f')^{-1} is the lower
+    bound -60; alpha = 0.5: f' ranges over (-inf, 2), so t = 5 gives the upper bound 60."""
+    low = plugins.get("divergences", "alpha").factory(max_exp=40.0, alpha=2.0)
+    high = plugins.get("divergences", "alpha").factory(max_exp=40.0, alpha=0.5)
+    assert float(low.inverse_f_prime_log(torch.tensor([-5.0]))) == -60.0
+    assert float(high.inverse_f_prime_log(torch.tensor([5.0]))) == 60.0
+    # inside the range: log u with f'(u) = t, f'(u) = (u^(a-1) - 1)/(a-1)
+    t = torch.tensor([0.5], dtype=torch.float64)
+    assert abs(float(low.inverse_f_prime_log(t)) - math.log(1 + t.item())) < 1e-9
+
+
+def test_js_conjugate_counts_no_clamps_inside_its_domain(plugins):
+    """f*(t) = -log(2 - e^t) for t < log 2, with nothing clamped away from the boundary."""
+    js = plugins.get("divergences", "js").factory(max_exp=40.0)
+    js.pop_clamped()
+    t = torch.linspace(-5.0, 0.6, 29, dtype=torch.float64)
+    got = js.conjugate(t)
+    assert js.pop_clamped() == 0
+    torch.testing.assert_close(got, -torch.log(2 - torch.exp(t)), rtol=1e-12, atol=1e-12)
