@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fgm_core.config import FGMConfig, build_config, validate
+from fgm_core.config import FGMConfig, deep_merge, kind_defaults, merge_layers, validate
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
@@ -20,10 +20,41 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
     preset_dicts = [plugins.preset(n) for n in names]
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
-    cfg = build_config(data, overrides, preset_dicts)
+    layers = merge_layers(data, overrides, preset_dicts)
+    defaults = kind_defaults(*_peek_data(layers, plugins), layers)
+    cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
+    if ":" in cfg.divergence.name:  # a divergence spec such as alpha:0.5 (fgm_core.divspec)
+        from fgm_core.divspec import resolve
+
+        name, params = resolve(cfg.divergence.name, cfg.divergence.params, plugins)
+        cfg.divergence.name, cfg.divergence.params = name, params
     if names:
         cfg.plugins = list(dict.fromkeys(cfg.plugins + names))
     return cfg, plugins
+
+
+def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, tuple[int, ...] | None]:
+    """(kind, item shape) of the dataset the layers name, from its factory's optional ``peek``
+    (see :data:`fgm_core.components.DatasetFactory`) without loading it; (None, None) when the
+    dataset is unknown or does not say."""
+    section = layers.get("data") if isinstance(layers.get("data"), dict) else {}
+    name = section.get("dataset", "ring8")
+    options = section.get("options") or {}
+    try:
+        factory = plugins.get("datasets", name).factory if isinstance(name, str) else None
+    except FGMError:
+        return None, None  # an unknown name is reported where the data loads
+    peek = getattr(factory, "peek", None)
+    if peek is None or not isinstance(options, dict):
+        return None, None
+    try:
+        got = peek(dict(options))
+    except Exception:  # noqa: BLE001 - a guess only: loading the data reports the real problem
+        return None, None
+    if not got:
+        return None, None
+    kind, shape = got
+    return kind, tuple(int(s) for s in shape) if shape is not None else None
 
 
 def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,
