@@ -273,9 +273,9 @@ def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path, str]]:
     return figs
 
 
-def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = None) -> None:
+def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = None, title: str | None = None) -> None:
     """Write report.md, report.html (figures inlined) and the figures; ``extra`` markdown lines
-    go after the tables, before the figures."""
+    go after the tables, before the figures; ``title`` replaces the default heading."""
     out = Path(out)
     cfg = summary["config"]
     figs = _figures(summary, out)
@@ -291,7 +291,8 @@ def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = N
               f"total wall time {summary['total_seconds']:.0f} s")
     n_samples = ok[0]["n_samples"] if ok else "?"
     k = ok[0]["k"] if ok else "?"
-    md = [f"# fgm compare: {', '.join(summary['divergences'])} ({', '.join(summary['critics'])} critic)", "",
+    title = title or f"fgm compare: {', '.join(summary['divergences'])} ({', '.join(summary['critics'])} critic)"
+    md = [f"# {title}", "",
           f"Budget: {budget}.", "",
           f"Each cell: mean ± standard error over seeds. {n_samples} samples per run; held-out likelihood "
           f"importance-sampled with K={k}. Metric definitions: `fgm_core/evaluate.py`.", "", table, "",
