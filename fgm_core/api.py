@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fgm_core.config import FGMConfig, deep_merge, kind_defaults, merge_layers, validate
+from fgm_core.config import IMAGE_DEFAULTS, FGMConfig, deep_merge, kind_defaults, merge_layers, validate
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
@@ -21,7 +21,8 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     preset_dicts = [plugins.preset(n) for n in names]
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
     layers = merge_layers(data, overrides, preset_dicts)
-    defaults = kind_defaults(*_peek_data(layers, plugins), layers)
+    conv = IMAGE_DEFAULTS["model"]["architecture"] in plugins.components.get("architectures", {})
+    defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv)
     cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
     if ":" in cfg.divergence.name:  # a divergence spec such as alpha:0.5 (fgm_core.divspec)
         from fgm_core.divspec import resolve

@@ -350,13 +350,16 @@ IMAGE_MLP_DEFAULTS: dict[str, Any] = {
 }
 
 
-def kind_defaults(kind: str | None, shape: tuple[int, ...] | None, layers: dict[str, Any]) -> dict[str, Any]:
+def kind_defaults(kind: str | None, shape: tuple[int, ...] | None, layers: dict[str, Any],
+                  conv_available: bool = True) -> dict[str, Any]:
     """The defaults layer for data of ``kind`` and item ``shape`` (None: unknown), given what the
-    other ``layers`` set: ``{}`` for vectors. The defaults' architecture and its options go
-    together: when the layers set ``model.architecture`` or ``model.options``, neither applies."""
+    other ``layers`` set: ``{}`` for vectors. MLPs when the conv architecture is not loaded
+    (``conv_available``) or cannot take the shape. The defaults' architecture and its options
+    go together: when the layers set ``model.architecture`` or ``model.options``, neither applies."""
     if kind != "image":
         return {}
-    conv = shape is None or (len(shape) == 3 and shape[1] == shape[2] and shape[1] in (28, 32, 64))
+    conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2]
+                                                 and shape[1] in (28, 32, 64)))
     out = json.loads(json.dumps(IMAGE_DEFAULTS if conv else IMAGE_MLP_DEFAULTS))
     model = layers.get("model") if isinstance(layers.get("model"), dict) else {}
     if "architecture" in model or "options" in model:
