@@ -180,6 +180,7 @@ def test_image_defaults_by_data_kind(capsys, tmp_path):
         assert c["model"]["latent_dim"] == {"img28": 32, "img12": 16, "vec": 2}[name]
 
 
+@pytest.mark.slow
 def test_image_defaults_learn_images(capsys, tmp_path):
     """The image defaults, on a small budget, give samples a classifier recognises: the Frechet
     distance in its features and the class-histogram KL fall well below an untrained model's."""
@@ -194,7 +195,7 @@ def test_image_defaults_learn_images(capsys, tmp_path):
         assert code == 0, err
     res = {n: evaluate(tmp_path / "runs" / n, k=2, n_samples=500, n_test=500, seed=0) for n in ("trained", "untrained")}
     assert res["trained"]["classifier_accuracy"] > 0.9  # the yardstick itself works
-    print({n: (r["frechet_distance"], r["class_kl"]) for n, r in res.items()})
+    # measured (2 shared cores): Frechet 1550 trained, 4773 untrained; class KL 0.16 and 2.30
     assert res["untrained"]["frechet_distance"] > 2 * res["trained"]["frechet_distance"]
     assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
 
@@ -213,6 +214,7 @@ def quick_report(tmp_path_factory):
     return d / "report"
 
 
+@pytest.mark.slow
 def test_experiment_quick_mode(quick_report):
     md = (quick_report / "report.md").read_text()
     labels = ["kl / density", "reverse_kl / density", "js / density", "hellinger / density", "alpha:-0.5 / density",
