@@ -242,11 +242,11 @@ def test_report_renders_in_a_browser(quick_report, tmp_path):
     page = tmp_path / "page.html"
     probe = ("<script>addEventListener('load',()=>{const im=[...document.images];"
              "document.body.dataset.figures=im.length+':'+im.filter(i=>i.complete&&i.naturalWidth>0).length;"
-             "document.body.dataset.font=getComputedStyle(document.querySelector('th')).backgroundColor;});</script>")
+             "document.body.dataset.th=getComputedStyle(document.querySelector('th')).backgroundColor;});</script>")
     page.write_text((quick_report / "report.html").read_text().replace("</body>", probe + "</body>"))
     res = subprocess.run([BROWSER, "--no-sandbox", "--disable-gpu", "--headless", "--virtual-time-budget=5000",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'data-figures="(\d+):(\d+)"', res.stdout)
     assert m, res.stdout[:500] + res.stderr[-1000:]
     assert int(m.group(1)) >= 2 and m.group(1) == m.group(2)
-    assert 'data-font="rgb(36, 74, 117)"' in res.stdout  # the embedded style sheet applied (th colour)
+    assert 'data-th="rgb(36, 74, 117)"' in res.stdout  # the embedded style sheet applied (th colour)
