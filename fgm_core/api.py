@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fgm_core.config import IMAGE_DEFAULTS, FGMConfig, deep_merge, kind_defaults, merge_layers, validate
+from fgm_core.config import IMAGE_DEFAULTS, DataConfig, FGMConfig, deep_merge, kind_defaults, merge_layers, validate
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
@@ -39,7 +39,7 @@ def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, 
     (see :data:`fgm_core.components.DatasetFactory`) without loading it; (None, None) when the
     dataset is unknown or does not say."""
     section = layers.get("data") if isinstance(layers.get("data"), dict) else {}
-    name = section.get("dataset", "ring8")
+    name = section.get("dataset", DataConfig.model_fields["dataset"].default)
     options = section.get("options") or {}
     try:
         factory = plugins.get("datasets", name).factory if isinstance(name, str) else None
@@ -50,12 +50,12 @@ def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, 
         return None, None
     try:
         got = peek(dict(options))
+        if not got:
+            return None, None
+        kind, shape = got
+        return str(kind), tuple(int(s) for s in shape) if shape is not None else None
     except Exception:  # noqa: BLE001 - a guess only: loading the data reports the real problem
         return None, None
-    if not got:
-        return None, None
-    kind, shape = got
-    return kind, tuple(int(s) for s in shape) if shape is not None else None
 
 
 def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,

@@ -85,7 +85,9 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             n_samples: int = 2500, progress: bool = True, threads: int | None = None,
             runs_dir: str | Path | None = None) -> dict[str, Any]:
     """Train ``divergences`` x ``critics`` x ``seeds`` runs (seed 0..seeds-1) from the same base
-    config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``."""
+    config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``.
+    Divergences are specs (:mod:`fgm_core.divspec`: ``kl``, ``alpha:0.5``); rows and runs are
+    named by their labels."""
     from fgm_core.api import resolve_config, train
     from fgm_core.divspec import label, main_param, resolve, slug
     from fgm_core.evaluate import evaluate, load_test_bundle
