@@ -195,7 +195,7 @@ def test_image_defaults_learn_images(capsys, tmp_path):
         assert code == 0, err
     res = {n: evaluate(tmp_path / "runs" / n, k=2, n_samples=500, n_test=500, seed=0) for n in ("trained", "untrained")}
     assert res["trained"]["classifier_accuracy"] > 0.9  # the yardstick itself works
-    print({n: (r["frechet_distance"], r["class_kl"]) for n, r in res.items()})
+    # measured (2 shared cores): Frechet 1624 trained, 4761 untrained; class KL 0.085 and 2.30
     assert res["untrained"]["frechet_distance"] > 2 * res["trained"]["frechet_distance"]
     assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
 
