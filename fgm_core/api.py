@@ -8,7 +8,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fgm_core.config import FGMConfig, build_config, validate
+from fgm_core.config import (
+    IMAGE_DEFAULTS, DataConfig, FGMConfig, deep_merge, kind_defaults, merge_layers, validate,
+)
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
@@ -23,7 +25,15 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
     preset_dicts = [plugins.preset(n) for n in names]
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
-    cfg = build_config(data, overrides, preset_dicts)
+    layers = merge_layers(data, overrides, preset_dicts)
+    conv = IMAGE_DEFAULTS["model"]["architecture"] in plugins.components.get("architectures", {})
+    defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv)
+    cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
+    if ":" in cfg.divergence.name:  # a divergence spec such as alpha:0.5 (fgm_core.divspec)
+        from fgm_core.divspec import resolve
+
+        name, params = resolve(cfg.divergence.name, cfg.divergence.params, plugins)
+        cfg.divergence.name, cfg.divergence.params = name, params
     if names:
         cfg.plugins = list(dict.fromkeys(cfg.plugins + names))
     check_plugin_names(cfg.plugins, plugins)
@@ -41,6 +51,28 @@ def check_plugin_names(names: list[str], plugins: PluginSet) -> None:
         shown = ", ".join(repr(n[:40]) for n in unknown[:3])
         raise FGMError(f"the configuration names {len(unknown)} plugins that are not loaded ({shown}, ...)",
                        f"loaded: {', '.join(loaded) or 'none'}; fix the plugins list, see `fgm plugins`")
+def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, tuple[int, ...] | None]:
+    """(kind, item shape) of the dataset the layers name, from its factory's optional ``peek``
+    (see :data:`fgm_core.components.DatasetFactory`) without loading it; (None, None) when the
+    dataset is unknown or does not say."""
+    section = layers.get("data") if isinstance(layers.get("data"), dict) else {}
+    name = section.get("dataset", DataConfig.model_fields["dataset"].default)
+    options = section.get("options") or {}
+    try:
+        factory = plugins.get("datasets", name).factory if isinstance(name, str) else None
+    except FGMError:
+        return None, None  # an unknown name is reported where the data loads
+    peek = getattr(factory, "peek", None)
+    if peek is None or not isinstance(options, dict):
+        return None, None
+    try:
+        got = peek(dict(options))
+        if not got:
+            return None, None
+        kind, shape = got
+        return str(kind), tuple(int(s) for s in shape) if shape is not None else None
+    except Exception:  # noqa: BLE001 - a guess only: loading the data reports the real problem
+        return None, None
 
 
 def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,

@@ -152,7 +152,8 @@ def _train_options(f):
         click.option("--plugin", "presets", multiple=True, metavar="NAME|PATH",
                      help="Use what plugin NAME (or a local module path) contributes (repeatable)."),
         click.option("--dataset", help="Shortcut for --set data.dataset=..."),
-        click.option("--divergence", "-d", help="Shortcut for --set divergence.name=..."),
+        click.option("--divergence", "-d", help="Divergence, with parameters as name:value (alpha:0.5); "
+                     "shortcut for --set divergence.name=..."),
         click.option("--critic", type=click.Choice(["density", "joint", "marginal"]), help="Critic form."),
         click.option("--architecture", "-a", help="Shortcut for --set model.architecture=..."),
         click.option("--steps", type=int, help="Training steps."),
@@ -487,7 +488,8 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
 @click.option("--test", "n_test", type=int, default=2000, show_default=True, help="Held-out rows scored.")
 @click.option("--threshold", type=float, default=None, help="Gap threshold in nats (default log 10).")
-@click.option("--full-data", "full", is_flag=True, help="Evaluate against the full dataset (drop data.options.modes).")
+@click.option("--full-data", "full", is_flag=True,
+              help="Evaluate against the full dataset (drop data.options.modes and classes).")
 @click.option("--set-data", "data_sets", multiple=True, metavar="KEY=VALUE",
               help="Override a data option for the held-out data, e.g. --set-data limit=500.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -514,7 +516,7 @@ def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_
             raise FGMError(f"--set-data {item!r} has no '='", "write --set-data key=value")
         key, _, val = item.partition("=")
         options[key.strip()] = parse_value(val.strip())
-    bundle = load_test_bundle(model, options, ("modes",) if full else ())
+    bundle = load_test_bundle(model, options, ("modes", "classes") if full else ())
     res = evaluate(model, bundle, k=k, n_samples=n_samples, n_test=n_test, seed=seed,
                    threshold=GAP_THRESHOLD if threshold is None else threshold, classifier=not no_classifier)
     res["path"] = str(path)
@@ -539,7 +541,9 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 
 
 @cli.command("compare")
-@click.option("--divergences", required=True, help="Comma-separated divergence names, e.g. kl,reverse_kl,js,gan.")
+@click.option("--divergences", required=True,
+              help='Comma-separated divergences, with parameters as name:value, e.g. kl,alpha:0.5,alpha:2,'
+                   'custom:"(u-1)**2/(u+1)".')
 @click.option("--critic", "critics", default="density", show_default=True,
               help="Critic form(s), comma-separated: density, joint, marginal.")
 @click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
@@ -560,7 +564,9 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
     """Train the same networks with each divergence (and seed) and write a report."""
     from fgm_core.compare import compare, markdown_table
 
-    divs = [d.strip() for d in divergences.split(",") if d.strip()]
+    from fgm_core.divspec import split_list
+
+    divs = split_list(divergences)
     crits = [c.strip() for c in critics.split(",") if c.strip()]
     bad = [c for c in crits if c not in ("density", "joint", "marginal")]
     if bad:

@@ -23,24 +23,48 @@ from fgm_core.storage import read_json, remove_run_dir
 COLUMNS = [
     ("modes_captured", "modes captured", "{:.2f}", 1.0),
     ("high_quality", "high-quality %", "{:.1f}", 100.0),
-    ("kl_to_uniform", "KL(modes‖unif)", "{:.3f}", 1.0),
+    ("kl_to_uniform", "KL(modes‖unif) ↓", "{:.3f}", 1.0),
     ("modes_captured_means", "modes (G means)", "{:.2f}", 1.0),
     ("high_quality_means", "HQ % (G means)", "{:.1f}", 100.0),
     ("kl_to_uniform_means", "KL (G means)", "{:.3f}", 1.0),
-    ("modes_collapsed", "collapsed modes", "{:.2f}", 1.0),
-    ("test_log_likelihood", "test log-lik (nats)", "{:.2f}", 1.0),
-    ("likelihood_gap_to_optimum", "gap to -H (nats)", "{:.2f}", 1.0),
+    ("modes_collapsed", "collapsed modes ↓", "{:.2f}", 1.0),
+    ("test_log_likelihood", "test log-lik (nats) ↑", "{:.2f}", 1.0),
+    ("likelihood_gap_to_optimum", "gap to -H (nats) ↓", "{:.2f}", 1.0),
     ("test_log_density", "log p_D (nats)", "{:.2f}", 1.0),
-    ("test_bits_per_dim", "bits/dim", "{:.3f}", 1.0),
-    ("reconstruction_mse", "recon MSE", "{:.4g}", 1.0),
+    ("test_bits_per_dim", "bits/dim ↓", "{:.3f}", 1.0),
+    ("reconstruction_mse", "recon MSE ↓", "{:.4g}", 1.0),
     ("sharpness", "sharpness", "{:.4f}", 1.0),
     ("sharpness_means", "sharpness (G means)", "{:.4f}", 1.0),
-    ("classifier_accuracy", "clf acc %", "{:.1f}", 100.0),
-    ("class_kl", "class KL", "{:.3f}", 1.0),
-    ("frechet_distance", "Fréchet", "{:.3f}", 1.0),
+    ("classifier_accuracy", "classifier acc %", "{:.1f}", 100.0),
+    ("class_kl", "class KL ↓", "{:.3f}", 1.0),
+    ("frechet_distance", "Fréchet ↓", "{:.3f}", 1.0),
     ("train_seconds", "train s", "{:.1f}", 1.0),
     ("wall_seconds", "wall s", "{:.1f}", 1.0),
 ]
+
+
+#: key -> (unit, best value or direction, what it measures): the legend under the table.
+NOTES: dict[str, tuple[str, str, str]] = {
+    "modes_captured": ("modes", "all modes", "mixture components with at least one high-quality sample (PacGAN)"),
+    "high_quality": ("%", "100", "samples within 3 standard deviations of a mode"),
+    "kl_to_uniform": ("nats", "0", "KL of the sample histogram over modes to the uniform one"),
+    "modes_collapsed": ("modes or classes", "0", "modes or classes the collapse detector names"),
+    "test_log_likelihood": ("nats per datum", "higher; the optimum -H where known",
+                            "importance-sampled log p_theta(x) of held-out data"),
+    "likelihood_gap_to_optimum": ("nats", "0", "-H(data) minus the test log-likelihood"),
+    "test_log_density": ("nats per datum", "near the log-likelihood",
+                         "the density estimator's log p_D(x) of held-out data (see the note below)"),
+    "test_bits_per_dim": ("bits per pixel", "lower", "-log p_theta(x) / (D log 2), pixels in 0..255 units"),
+    "reconstruction_mse": ("per pixel, [0, 1] units", "0", "mean squared error of x against G(mu_q(x))"),
+    "sharpness": ("Laplacian variance", "the data's value", "pixel-noise included; see the G-means column"),
+    "sharpness_means": ("Laplacian variance", "the data's value", "of the generator means G(z), noise off"),
+    "classifier_accuracy": ("%", "100", "the local classifier's accuracy on held-out data (a check on it)"),
+    "class_kl": ("nats", "0", "KL(class histogram of samples || of held-out data): mode coverage"),
+    "frechet_distance": ("unitless", "0", "Fréchet distance of Gaussian fits to the local classifier's "
+                         "features of samples and held-out data"),
+    "train_seconds": ("s", "lower", "training wall time per run"),
+    "wall_seconds": ("s", "lower", "training and evaluation wall time per run"),
+}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -62,8 +86,11 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             n_samples: int = 2500, progress: bool = True, threads: int | None = None,
             runs_dir: str | Path | None = None) -> dict[str, Any]:
     """Train ``divergences`` x ``critics`` x ``seeds`` runs (seed 0..seeds-1) from the same base
-    config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``."""
+    config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``.
+    Divergences are specs (:mod:`fgm_core.divspec`: ``kl``, ``alpha:0.5``); rows and runs are
+    named by their labels."""
     from fgm_core.api import resolve_config, train
+    from fgm_core.divspec import label, main_param, resolve, slug
     from fgm_core.evaluate import evaluate, load_test_bundle
 
     critics = critics or ["density"]
@@ -74,10 +101,16 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(runs_dir) if runs_dir else out / "runs"
-    jobs = [(d, c, s) for c in critics for d in divergences for s in range(seeds)]
     base_cfg, plugins = resolve_config(base, overrides)
-    for d in divergences:  # fail early on unknown names
-        plugins.get("divergences", d)
+    labels = {}  # spec as given -> its label (alpha:0.5); unknown names and bad specs fail here
+    for d in divergences:
+        name, params = resolve(d, {}, plugins)
+        plugins.get("divergences", name)
+        labels[d] = label(name, params, main_param(plugins.get("divergences", name).factory))
+    if len(set(labels.values())) < len(labels):
+        twice = next(v for v in labels.values() if list(labels.values()).count(v) > 1)
+        raise FGMError(f"divergence {twice!r} is given twice in --divergences", "give each divergence once")
+    jobs = [(labels[d], c, s) for c in critics for d in divergences for s in range(seeds)]
     results: list[dict[str, Any]] = []
     bar = None
     if progress:
@@ -90,10 +123,10 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
     old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         for d, c, s in jobs:
-            name = f"{d}-{c}-s{s}"
+            name = f"{slug(d)}-{c}-s{s}"
             if bar is not None:
                 bar.set_postfix_str(f"{name} training")
-            ov = [f"divergence.name={json.dumps(d)}", f"critic.form={json.dumps(c)}", f"run.seed={s}",
+            ov = [f"divergence.name={json.dumps(d)}", "divergence.params={}", f"critic.form={json.dumps(c)}", f"run.seed={s}",
                   f"run.out_dir={json.dumps(str(runs_dir))}", f"run.name={json.dumps(name)}",
                   "run.progress=false", "run.tensorboard=false"]
             if threads is not None:
@@ -137,13 +170,13 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             bar.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    summary = {"divergences": divergences, "critics": critics, "seeds": seeds, "config": base_cfg.to_dict(),
+    summary = {"divergences": list(labels.values()), "critics": critics, "seeds": seeds, "config": base_cfg.to_dict(),
                "total_seconds": time.perf_counter() - t_all, "runs": results}
     if stop is not None:
         finished = sum("error" not in r for r in results)
         summary["interrupted"] = {"signal": signal.Signals(stop[0]).name, "where": stop[1], "runs_planned": len(jobs),
                                   "runs_finished": finished,
-                                  "not_run": [f"{d}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
+                                  "not_run": [f"{slug(d)}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
     (out / "results.json").write_text(json.dumps(summary, default=str))
     (out / "results.partial.json").unlink(missing_ok=True)
     write_report(summary, out)
@@ -206,7 +239,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path]]:
+def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path, str]]:
     from fgm_core.plots import curves_figure, density_figure, samples_figure
     from fgm_core.run import Run
 
@@ -219,22 +252,31 @@ def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path]]:
         label = _label(r["divergence"], r["critic"], critics)
         first.setdefault(label, r)
         groups.setdefault(label, []).append(Path(r["run"]))
-    figs: list[tuple[str, Path]] = []
+    figs: list[tuple[str, Path, str]] = []
     if not first:
         return figs
     models = {label: Run.load(r["run"]) for label, r in first.items()}
     panels = [(f"{label} (seed {first[label]['seed']})", models[label].sample(2500, seed=1).numpy(), models[label].info)
               for label in models]
-    figs.append(("Samples (first seed of each; red x: true modes)", samples_figure(panels, out / "samples.png")))
     info = next(iter(models.values())).info
+    image = len(info.shape) == 3
+    figs.append(("Samples", samples_figure(panels, out / "samples.png"),
+                 "64 samples of each row's first seed, noise included (pixel values 0..255)." if image else
+                 "2,500 samples of each row's first seed; red crosses: the true modes."))
     if len(info.shape) == 1 and info.shape[0] == 2:
-        figs.append(("Log densities: density estimator (left) and model (right), first seed",
-                     density_figure(list(models.items()), out / "density.png")))
-    figs.append(("Training curves (mean over seeds)", curves_figure(groups, out / "curves.png")))
+        figs.append(("Log densities", density_figure(list(models.items()), out / "density.png"),
+                     "Left: the density estimator's log p_D(x); right: the model's log p_theta(x), in nats, "
+                     "first seed. Colours span the 2nd to 99.5th percentile of each map, at most 12 nats: a "
+                     "few extreme values do not darken the rest; values outside take the end colours."))
+    figs.append(("Training curves", curves_figure(groups, out / "curves.png"),
+                 "Mean over seeds, per logged step: the divergence estimate J, the critic and generator "
+                 "losses, and the generator's noise scale sigma (model units, log axis)."))
     return figs
 
 
-def write_report(summary: dict[str, Any], out: Path) -> None:
+def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = None, title: str | None = None) -> None:
+    """Write report.md, report.html (figures inlined) and the figures; ``extra`` markdown lines
+    go after the tables, before the figures; ``title`` replaces the default heading."""
     out = Path(out)
     cfg = summary["config"]
     figs = _figures(summary, out)
@@ -250,10 +292,12 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
               f"total wall time {summary['total_seconds']:.0f} s")
     n_samples = ok[0]["n_samples"] if ok else "?"
     k = ok[0]["k"] if ok else "?"
-    md = [f"# fgm compare: {', '.join(summary['divergences'])} ({', '.join(summary['critics'])} critic)", "",
+    title = title or f"fgm compare: {', '.join(summary['divergences'])} ({', '.join(summary['critics'])} critic)"
+    md = [f"# {title}", "",
           f"Budget: {budget}.", "",
           f"Each cell: mean ± standard error over seeds. {n_samples} samples per run; held-out likelihood "
-          f"importance-sampled with K={k}. Metric definitions: `fgm_core/evaluate.py`.", "", table, ""]
+          f"importance-sampled with K={k}. Metric definitions: `fgm_core/evaluate.py`.", "", table, "",
+          *legend(summary), *extreme_note(summary)]
     collapsed = {}
     for r in ok:
         mc = r.get("mode_collapse") or {}
@@ -276,14 +320,91 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
             for r in errors] + [""]
     if stopped and stopped["not_run"]:
         md += ["## Not run (interrupted before they started)", "", *[f"- {n}" for n in stopped["not_run"]], ""]
-    for title, p in figs:
-        md += [f"## {title}", "", f"![{title}]({p.name})", ""]
+    md += list(extra or [])
+    for title, p, caption in figs:
+        md += [f"## {title}", "", f"![{title}]({p.name})", "", f"> {caption}", ""]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html("\n".join(md), out))
 
 
+def legend(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: each used column's unit, best value and meaning, with the data's reference
+    values where the runs measured them."""
+    ok = [r for r in summary["runs"] if "error" not in r]
+    ref: dict[str, str] = {}
+    for key, src, fmt in (("sharpness", "data_sharpness", "{:.4f}"), ("sharpness_means", "data_sharpness", "{:.4f}"),
+                          ("test_log_likelihood", "optimum_log_likelihood", "{:.2f}")):
+        vals = [r[src] for r in ok if isinstance(r.get(src), (int, float))]
+        if vals:
+            ref[key] = ("held-out data: " if src.startswith("data") else "-H: ") + fmt.format(float(np.mean(vals)))
+    lines = ["**Columns** (unit; best value; what it measures):", ""]
+    for key, header, _ in aggregate(summary)[1]:
+        if key in NOTES:
+            unit, best, what = NOTES[key]
+            best = f"{best} ({ref[key]})" if key in ref else best
+            lines.append(f"- **{header}**: {unit}; best: {best}; {what}.")
+    return lines + [""]
+
+
+def extreme_note(summary: dict[str, Any], limit: float = 20.0) -> list[str]:
+    """A note when a row's log p_D lies far (more than ``limit`` nats) from its log-likelihood:
+    what such a value means for each kind of critic."""
+    far = {}
+    for r in summary["runs"]:
+        ld, ll = r.get("test_log_density"), r.get("test_log_likelihood")
+        if isinstance(ld, (int, float)) and isinstance(ll, (int, float)) and abs(ld - ll) > limit:
+            lab = _label(r["divergence"], r["critic"], summary["critics"])
+            far.setdefault(lab, (r["critic"], ld - ll))
+    if not far:
+        return []
+    rows = ", ".join(f"{k} ({d:+.0f} nats, first seed)" for k, (_, d) in far.items())
+    free = any(c != "density" for c, _ in far.values())
+    text = [f"**Note on extreme log p_D values.** In {rows}, log p_D differs from the model's "
+            f"log-likelihood by more than {limit:.0f} nats."]
+    if free:
+        text.append("For the joint and marginal critics, log p_D is not a trained density: it is the log "
+                    "density ratio the critic implies, log (f')^-1(g_f(V)), added to the model's "
+                    "log-likelihood. That ratio is exact only at the critic's optimum; a critic that separates "
+                    "data from samples confidently (a GAN critic usually does) implies ratios up to e^60 "
+                    "per point, so log p_D can lie hundreds of nats from any density (for example -873 "
+                    "nats). Such a value says how confident the critic is, not how probable the data is.")
+    if any(c == "density" for c, _ in far.values()):
+        text.append("For the density critic, l(x) is trained towards log p_D(x) but is normalised only at "
+                    "its optimum; a large positive gap on held-out data usually means the estimator is not "
+                    "converged (or the model misses that data: see the collapse detector).")
+    return [" ".join(text), ""]
+
+
+#: The report's style sheet (embedded: report.html is one self-contained file).
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;background:#fafbfc;
+ max-width:1280px;margin:0 auto;padding:1.5em 2em 4em}
+h1{font-size:1.6em;margin:.6em 0 .3em;border-bottom:3px solid #3b6ea8;padding-bottom:.2em}
+h2{font-size:1.25em;margin:1.6em 0 .4em;color:#244a75}
+p,li{max-width:75em}
+code{background:#eef1f5;padding:0 .25em;border-radius:3px;font-size:.92em}
+.table{overflow-x:auto;margin:.8em 0}
+table{border-collapse:collapse;font-size:13px;background:#fff;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+th{background:#244a75;color:#fff;font-weight:600;padding:6px 8px;text-align:center;position:sticky;top:0}
+td{border-top:1px solid #e3e7ee;padding:5px 8px;text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td:first-child{text-align:left;font-weight:600}
+tr:nth-child(even) td{background:#f5f7fa}
+figure{margin:1em 0;background:#fff;padding:.8em;box-shadow:0 1px 3px rgba(0,0,0,.08);display:inline-block;max-width:100%}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:.9em;color:#4a5568;margin-top:.5em;max-width:60em}
+ul{padding-left:1.4em}
+"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
 def _html(md: str, out: Path) -> str:
-    """A tiny markdown-to-HTML for the report's own constructs, images inlined as data URIs."""
+    """A tiny markdown-to-HTML for the report's own constructs (headings, tables, lists, images
+    with a ``> caption`` line after them), images inlined as data URIs, styled by :data:`CSS`."""
     body = []
     lines = md.splitlines()
     i = 0
@@ -295,30 +416,42 @@ def _html(md: str, out: Path) -> str:
                 rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
                 i += 1
             head, rest = rows[0], rows[2:]
-            t = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
-            t += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest]
-            body.append("\n".join(t + ["</table>"]))
+            t = ['<div class="table"><table>', "<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
+            t += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest]
+            body.append("\n".join(t + ["</table></div>"]))
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>" + "".join(items) + "</ul>")
             continue
         m = re.match(r"!\[(.*)\]\((.*)\)", line)
         if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
         elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
         elif m:
             data = base64.b64encode((out / m.group(2)).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
+            j = i + 1
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            caption = ""
+            if j < len(lines) and lines[j].startswith("> "):
+                caption = f"<figcaption>{_inline(lines[j][2:])}</figcaption>"
+                i = j
+            body.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
+                        f"{caption}</figure>")
+        elif line.startswith("> "):
+            body.append(f"<p><em>{_inline(line[2:])}</em></p>")
         elif line.strip():
-            text = html.escape(line)
-            text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-            body.append(f"<p>{text}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
         i += 1
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}td:first-child{text-align:left}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fgm compare</title><style>{style}</style>"
-            f"</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    title = next((ln[2:] for ln in lines if ln.startswith("# ")), "fgm report")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progress: bool = True) -> dict[str, Any]:

@@ -113,7 +113,9 @@ class Divergence(ABC):
 
 
 DivergenceFactory = Callable[..., Divergence]
-"""``factory(max_exp=..., **params) -> Divergence``; params come from ``divergence.params``."""
+"""``factory(max_exp=..., **params) -> Divergence``; params come from ``divergence.params``.
+A factory may carry ``main_param`` (a parameter name): the one the shorthand ``name:value``
+sets (``alpha:0.5``; :mod:`fgm_core.divspec`)."""
 
 
 # --------------------------------------------------------------------------- architectures
@@ -259,6 +261,9 @@ class DataRequest:
 
 
 DatasetFactory = Callable[[DataRequest], DataBundle]
+"""``factory(request) -> DataBundle``. A factory may also carry ``peek(options) -> (kind,
+item shape or None) | None``: what its data will be, without loading it, so that image data
+gets image defaults (:func:`fgm_core.config.kind_defaults`)."""
 
 
 # --------------------------------------------------------------------------- exporters

@@ -137,7 +137,7 @@ def samples_figure(panels: list[tuple[str, np.ndarray, Any]], path: Path) -> Pat
     n = len(panels)
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.5 * rows), dpi=100, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (title, x, info) in zip(axes.flat, panels):
@@ -158,13 +158,25 @@ def _grid_box(info: Any, bundle_x: np.ndarray | None = None) -> tuple[float, flo
     return lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad
 
 
+def colour_limits(v: np.ndarray, span: float = 12.0, lo_pct: float = 2.0, hi_pct: float = 99.5) -> tuple[float, float]:
+    """Robust colour range of a log-density map: the ``hi_pct`` percentile on top (a few
+    extreme peaks do not darken the rest), the ``lo_pct`` percentile below, at most ``span``
+    nats apart (values outside are drawn in the end colours)."""
+    f = v[np.isfinite(v)]
+    if f.size == 0:
+        return 0.0, 1.0
+    hi = float(np.percentile(f, hi_pct))
+    lo = max(float(np.percentile(f, lo_pct)), hi - span)
+    return (lo, hi) if hi > lo else (hi - 1.0, hi)
+
+
 def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: int = 16,
                    data: np.ndarray | None = None, span: float = 12.0) -> Path:
     """2-D only: log density of the density estimator (left) and of the model (right, importance
-    sampled) on a grid, one row per (title, model); colour range [max - span, max] nats."""
+    sampled) on a grid, one row per (title, model); robust colour range (:func:`colour_limits`)."""
     plt = _plt()
     n = len(models)
-    fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.1 * n), dpi=64 if n > 4 else 80, squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(7.6, 3.6 * n), dpi=90, squeeze=False)
     info = models[0][1].info
     x0, x1, y0, y1 = _grid_box(info, data)
     gx, gy = np.meshgrid(np.linspace(x0, x1, res), np.linspace(y0, y1, res))
@@ -181,10 +193,12 @@ def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: 
                 ax.axis("off")
                 continue
             v = v.reshape(res, res)
-            top = np.nanmax(v[np.isfinite(v)]) if np.isfinite(v).any() else 0.0
-            im = ax.imshow(np.clip(v, top - span, top), origin="lower", extent=(x0, x1, y0, y1),
-                           cmap="viridis", aspect="equal")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+            lo, hi = colour_limits(v, span)
+            im = ax.imshow(v, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal",
+                           vmin=lo, vmax=hi)
+            bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="both")
+            bar.ax.tick_params(labelsize=7)
+            bar.set_label("nats", fontsize=7)
             mixture = _info_field(model.info, "mixture")
             if mixture:
                 m = np.asarray(mixture["means"])
@@ -216,7 +230,7 @@ def curves_figure(groups: dict[str, list[Path]], path: Path,
                   keys: tuple[str, ...] = ("divergence", "loss_critic", "loss_generator", "sigma")) -> Path:
     """Training curves from metrics.jsonl: one line per group (mean over its runs), one panel per key."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.0), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), dpi=100, squeeze=False)
     for label, runs in groups.items():
         series = [read_metrics(r) for r in runs]
         series = [s for s in series if s]

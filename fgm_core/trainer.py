@@ -421,7 +421,10 @@ class Trainer:
 
     def _new_run_dir(self) -> Path:
         c = self.cfg
-        name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{c.divergence.name}-{c.critic.form}"
+        from fgm_core.divspec import config_label, slug
+
+        div = slug(config_label(c, self.plugins))  # alpha-0.5: the parameters name the run too
+        name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{div}-{c.critic.form}"
         return Path(c.run.out_dir) / name
 
     def _claim_run_dir(self) -> None:

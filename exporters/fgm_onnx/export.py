@@ -371,6 +371,16 @@ def _fix_io(model_proto: Any, spec: GraphSpec) -> None:
                     dim.dim_value = int(want)
 
 
+def divergence_entry(run: Any, model: nn.Module) -> dict[str, Any]:
+    """The divergence as exports record it: its ``describe()``, the configured ``params`` and
+    ``spec``, the name with its parameters as ``fgm train -d`` takes it (``alpha:0.5``)."""
+    from fgm_core.divspec import config_label
+    from fgm_core.plugins import get_plugins
+
+    return {**model.divergence.describe(), "params": dict(run.config.divergence.params),
+            "spec": config_label(run.config, get_plugins())}
+
+
 def metadata(run: Any, model: nn.Module, role: str, opset: int) -> dict[str, str]:
     """The ``fgm.*`` metadata every graph carries (values are strings; structures are JSON)."""
     from fgm_core import __version__
@@ -380,7 +390,7 @@ def metadata(run: Any, model: nn.Module, role: str, opset: int) -> dict[str, str
         "fgm.format_version": str(FORMAT_VERSION),
         "fgm.fgm_version": __version__,
         "fgm.role": role,
-        "fgm.divergence": json.dumps(model.divergence.describe()),
+        "fgm.divergence": json.dumps(divergence_entry(run, model)),
         "fgm.critic": model.critic_form,
         "fgm.generator": model.generator,
         "fgm.latent_dim": str(int(model.latent_dim)),
@@ -725,7 +735,7 @@ def export_run(run: Any, out_dir: Path, opset: int | None = None, exporter: str 
         "data": info.to_dict(),
         "scaling": {"shift": info.scaling.shift, "scale": info.scaling.scale, **SCALING_DOC},
         "log_det": info.scaling.log_det(info.dims),
-        "divergence": model.divergence.describe(),
+        "divergence": divergence_entry(run, model),
         "critic": model.critic_form,
         "generator": model.generator,
         "sampling": sampling_contract(model, info, clip),

@@ -204,3 +204,40 @@ def array(request: DataRequest) -> DataBundle:
         info={"path": str(path), "source": source, "layout": layout, "scaling_rule": rule,
               "dtype": str(data.dtype), "n_total": len(x), "seed": request.seed},
     )
+
+
+def _header_shape(fh) -> tuple[int, ...]:
+    """The array shape from a .npy header (the data is not read)."""
+    major, _ = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return tuple(read(fh)[0])
+
+
+def _peek(options: dict) -> tuple[str, tuple[int, ...] | None] | None:
+    """Kind and item shape from the options and the .npy/.npz header, without reading the data."""
+    opts = parse_options("array", ArrayOptions, options)
+    path = Path(opts.path).expanduser()
+    shape: tuple[int, ...] | None = None
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        with open(path, "rb") as fh:
+            shape = _header_shape(fh)
+    elif suffix == ".npz":
+        with zipfile.ZipFile(path) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            key = opts.key or (names[0] if names else None)
+            if key is None:
+                return None
+            with z.open(f"{key}.npy") as fh:
+                shape = _header_shape(fh)
+    item = tuple(opts.shape) if opts.shape is not None else (tuple(shape[1:]) if shape is not None else None)
+    if opts.kind == "vector" or (opts.kind == "auto" and (item is None or len(item) < 2)):
+        return "vector", None
+    if item is not None and len(item) == 2:
+        item = (1, *item)
+    elif item is not None and len(item) == 3 and item[0] not in (1, 3) and item[2] in (1, 3, 4):
+        item = (item[2], item[0], item[1])
+    return "image", item
+
+
+array.peek = _peek  # type: ignore[attr-defined]

@@ -33,6 +33,9 @@ class IdxOptions(Options):
     limit: int | None = Field(None, ge=1, description="use at most this many training images")
     test_limit: int | None = Field(None, ge=1, description="use at most this many test images")
     label_names: list[str] | None = None
+    classes: list[int] | None = Field(None, min_length=1, description="train only on these class indices "
+                                      "(the test split keeps every class: a model trained without some "
+                                      "classes, evaluated on all)")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -112,6 +115,15 @@ def idx(request: DataRequest) -> DataBundle:
     ytr = arrays["train_labels"][:n_tr].astype(np.int64)
     yte = arrays["test_labels"][:n_te].astype(np.int64)
     k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
+    if opts.classes is not None:
+        bad = [c for c in opts.classes if not 0 <= c < k]
+        if bad:
+            raise FGMError(f"dataset 'idx': option classes has {bad[0]}, outside 0..{k - 1}",
+                           f"the labels are 0..{k - 1}")
+        keep = np.isin(ytr, opts.classes)
+        if not keep.any():
+            raise FGMError("dataset 'idx': no training image has a class in option classes", "check classes")
+        xtr, ytr = xtr[keep], ytr[keep]
     if min(ytr.min(initial=0), yte.min(initial=0)) < 0:
         raise FGMError(f"dataset 'idx': negative labels in {paths['train_labels']}", "labels must be 0..K-1")
     if opts.label_names is not None:
@@ -134,3 +146,22 @@ def idx(request: DataRequest) -> DataBundle:
                        info={"path": str(directory), "files": {k: str(p) for k, p in paths.items()},
                              "full_train": len(arrays["train_images"]),
                              "full_test": len(arrays["test_images"])})
+
+
+def _peek(options: dict) -> tuple[str, tuple[int, int, int] | None]:
+    """Images; (1, H, W) from the training images' IDX header when the file is there."""
+    opts = parse_options("idx", IdxOptions, options)
+    directory = (DEFAULT_DIR if opts.path is None else Path(opts.path)).expanduser()
+    path = _find(directory, FILES["train_images"]) if directory.is_dir() else None
+    if path is None:
+        return "image", None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 16 or head[3] != 3:
+        return "image", None
+    h, w = (int(v) for v in np.frombuffer(head, dtype=">u4", count=2, offset=8))
+    return "image", (1, h, w)
+
+
+idx.peek = _peek  # type: ignore[attr-defined]

@@ -129,3 +129,12 @@ def images(request: DataRequest) -> DataBundle:
         info={"path": str(root), "n_files": len(files), "size": opts.size, "channels": opts.channels,
               "fit": opts.fit, "classes": names, "seed": request.seed},
     )
+
+
+def _peek(options: dict) -> tuple[str, tuple[int, int, int]]:
+    """Image data of (channels, size, size), known from the options alone."""
+    opts = parse_options("images", ImagesOptions, options)
+    return "image", (opts.channels, opts.size, opts.size)
+
+
+images.peek = _peek  # type: ignore[attr-defined]

@@ -85,3 +85,12 @@ def shapes(request: DataRequest) -> DataBundle:
     return make_bundle("shapes", xtr, xte, "image", IMAGE_SCALING, train_labels=ytr, test_labels=yte,
                        label_names=list(CLASS_NAMES),
                        info={"size": opts.size, "channels": opts.channels, "seed": request.seed})
+
+
+def _peek(options: dict) -> tuple[str, tuple[int, int, int]]:
+    """Image data of (channels, size, size), known from the options alone."""
+    opts = parse_options("shapes", ShapesOptions, options)
+    return "image", (opts.channels, opts.size, opts.size)
+
+
+shapes.peek = _peek  # type: ignore[attr-defined]

@@ -55,6 +55,7 @@ def _closed_factory(name: str) -> Callable[..., Divergence]:
 
     factory.__name__ = f"make_{name}"
     factory.__doc__ = cls.__doc__
+    factory.main_param = next(iter(PARAMS[name]), None)  # type: ignore[attr-defined]  # alpha:0.5
     return factory
 
 
@@ -78,6 +79,9 @@ def make_custom(max_exp: float = 40.0, **params: Any) -> DerivedDivergence:
         raise FGMError(f"divergence 'custom': name must be a string, got {name!r}", 'e.g. name = "my_kl"')
     f = parse_formula(formula)
     return from_f(f, name=name, offset=float(offset), max_exp=_check_max_exp(max_exp), formula=f.formula)
+
+
+make_custom.main_param = "formula"  # type: ignore[attr-defined]  # custom:"(u-1)**2/(u+1)"
 
 
 def builtin_divergences() -> dict[str, tuple[Callable[..., Divergence], str]]:

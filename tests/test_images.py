@@ -1,0 +1,252 @@
+"""Images and parametrised divergences (issue 13): divergence specs (``alpha:0.5``) in train,
+compare, run names, config.json and ONNX manifests; image defaults chosen by data kind; the
+Fashion-MNIST experiment script in its quick mode (on a synthetic IDX set made here); the
+report rendered in a real headless browser when one is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgm_core.cli import main
+from fgm_core.divspec import label, parse, slug, split_list
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {  # ring8, tiny MLPs: what the divergence-spec tests train
+    "data": {"dataset": "ring8", "options": {"n_train": 500, "n_test": 100}},
+    "model": {"architecture": "mlp", "latent_dim": 2, "options": {"hidden": 8, "depth": 1}},
+    "optim": {"batch_size": 32},
+    "run": {"steps": 5, "threads": 1, "device": "cpu", "tensorboard": False, "progress": False, "eval_samples": 50,
+            "checkpoint_every": 1000},
+}
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """``fgm ARGV`` in-process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_toml(path: Path, cfg: dict) -> Path:
+    from fgm_core.config import build_config, dump_toml
+
+    path.write_text(dump_toml(build_config(cfg)))
+    return path
+
+
+def write_idx(directory: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Four IDX files of a synthetic 10-class 28x28 set: class c is a bright bar at angle
+    c * 18 degrees through a jittered centre, on a noisy background (0..255 bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32)
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 10
+        g.shuffle(y)
+        theta = np.deg2rad(y * 18.0)[:, None, None]
+        cx, cy = (13.5 + g.normal(0, 1.5, (2, n)))[:, :, None, None]
+        dist = np.abs((xx - cx) * np.sin(theta) - (yy - cy) * np.cos(theta))
+        along = np.abs((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta))
+        x = 230 * ((dist < 2.0) & (along < 10)) + g.normal(12, 6, (n, 28, 28))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
+
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x, y = images(n)
+        (directory / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">u4").tobytes() + x.tobytes())
+        (directory / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + np.array([n], ">u4").tobytes() + y.tobytes())
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FGM_CACHE_DIR", str(tmp_path / "cache"))  # classifiers trained here stay here
+    monkeypatch.setenv("FGM_NO_PROGRESS", "1")
+
+
+# --------------------------------------------------------------------------- divergence specs
+def test_spec_syntax():
+    assert split_list('kl,alpha:0.5,alpha:2,js,custom:"(u-1)**2/(u+1)"') == [
+        "kl", "alpha:0.5", "alpha:2", "js", 'custom:"(u-1)**2/(u+1)"']
+    assert parse("kl").name == "kl" and not parse("kl").has_main
+    a = parse("alpha:0.5")
+    assert (a.name, a.main, a.has_main) == ("alpha", 0.5, True)
+    assert parse('custom:"(u-1)**2/(u+1)"').main == "(u-1)**2/(u+1)" == parse("custom:(u-1)**2/(u+1)").main
+    named = parse("custom:formula=u*log(u);offset=0")
+    assert named.params == {"formula": "u*log(u)", "offset": 0} and not named.has_main
+    assert label("alpha", {"alpha": 0.5}, "alpha") == "alpha:0.5"
+    assert label("alpha", {"alpha": 2.0}, "alpha") == "alpha:2"
+    assert label("kl", {}) == "kl"
+    # run-name parts: file-system safe, and distinct for distinct specs
+    names = [slug(s) for s in ("alpha:0.5", "alpha:2", "alpha:-0.5", "custom:(u-1)**2/(u+1)", "custom:(u+1)**2/(u-1)")]
+    assert names[:3] == ["alpha-0.5", "alpha-2", "alpha--0.5"]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", n) for n in names)
+
+
+def test_train_with_a_parametrised_divergence_records_it(capsys, tmp_path):
+    cfg = write_toml(tmp_path / "tiny.toml", TINY)
+    code, out, err = cli(capsys, "train", "-q", "-c", cfg, "-d", "alpha:0.5", "--out", tmp_path / "runs")
+    assert code == 0, err
+    run = next((tmp_path / "runs").iterdir())
+    assert run.name.endswith("-ring8-alpha-0.5-density"), run.name  # the default run name has the parameter
+    recorded = json.loads((run / "config.json").read_text())["divergence"]
+    assert recorded["name"] == "alpha" and recorded["params"] == {"alpha": 0.5}
+    # the same spec in a config file or --set; a conflicting params table is one error line
+    code, out, err = cli(capsys, "config", "show", "-c", cfg, "--set", 'divergence.name="alpha:2"', "--json")
+    assert code == 0 and json.loads(out)["divergence"]["params"] == {"alpha": 2}
+    code, _, err = cli(capsys, "config", "show", "-c", cfg, "-d", "alpha:2", "--set", "divergence.params.alpha=3")
+    assert code == 1 and err.startswith("fgm: error: ") and "alpha" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "config", "show", "-c", cfg, "-d", "kl:2")
+    assert code == 1 and "no main parameter" in err
+    code, _, err = cli(capsys, "config", "show", "-c", cfg, "-d", "alpha:")
+    assert code == 1 and "nothing after ':'" in err
+
+
+def test_compare_with_two_alphas_and_a_formula(capsys, tmp_path):
+    cfg = write_toml(tmp_path / "tiny.toml", TINY)
+    out = tmp_path / "report"
+    code, stdout, err = cli(capsys, "compare", "-q", "--divergences", 'kl,alpha:0.5,alpha:2,custom:"(u-1)**2/(u+1)"',
+                            "--seeds", "1", "-c", cfg, "-o", out, "-k", "2", "--samples", "50")
+    assert code == 0, err
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["divergences"] == ["kl", "alpha:0.5", "alpha:2", "custom:(u-1)**2/(u+1)"]
+    runs = {r["divergence"]: Path(r["run"]) for r in summary["runs"]}
+    assert runs["alpha:0.5"].name == "alpha-0.5-density-s0" and runs["alpha:2"].name == "alpha-2-density-s0"
+    assert len({p.name for p in runs.values()}) == 4
+    for spec, params in (("alpha:0.5", {"alpha": 0.5}), ("alpha:2", {"alpha": 2}), ("kl", {}),
+                         ("custom:(u-1)**2/(u+1)", {"formula": "(u-1)**2/(u+1)"})):
+        assert json.loads((runs[spec] / "config.json").read_text())["divergence"]["params"] == params
+    table = (out / "report.md").read_text()
+    rows = [ln.split("|")[1].strip() for ln in table.splitlines() if ln.startswith("| ") and "±" in ln]
+    assert rows == ["kl", "alpha:0.5", "alpha:2", "custom:(u-1)**2/(u+1)"]
+    # the two alphas really trained differently
+    a, b = (json.loads((runs[s] / "summary.json").read_text())["test_log_likelihood"] for s in ("alpha:0.5", "alpha:2"))
+    assert a != b
+    # the export records the parameters
+    code, _, err = cli(capsys, "export", runs["alpha:2"], "--onnx", "-o", tmp_path / "exp")
+    assert code == 0, err
+    entry = json.loads((tmp_path / "exp" / "manifest.json").read_text())["divergence"]
+    assert entry["name"] == "alpha" and entry["params"] == {"alpha": 2} and entry["spec"] == "alpha:2"
+
+
+# --------------------------------------------------------------------------- image defaults
+def _show(capsys, *argv) -> dict:
+    code, out, err = cli(capsys, "config", "show", "--json", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_image_defaults_by_data_kind(capsys, tmp_path):
+    idx = write_idx(tmp_path / "idx", 20, 10)
+    c = _show(capsys, "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}')
+    assert (c["model"]["architecture"], c["model"]["latent_dim"], c["model"]["sigma"]) == ("dcgan", 16, 0.1)
+    assert c["divergence"]["name"] == "kl" and c["optim"]["batch_size"] == 64
+    ring = _show(capsys)  # vectors keep the schema's defaults
+    assert (ring["model"]["architecture"], ring["model"]["latent_dim"], ring["divergence"]["name"]) == ("mlp", 2, "js")
+    # every layer above overrides: --set, -d, a preset, a chosen architecture (which keeps its own options)
+    c = _show(capsys, "--dataset", "idx", "-d", "alpha:0.5", "--set", "model.latent_dim=8")
+    assert c["model"]["latent_dim"] == 8 and c["divergence"] == {"name": "alpha", "params": {"alpha": 0.5},
+                                                                  "max_exp": 40.0}
+    c = _show(capsys, "--dataset", "idx", "-a", "mlp")
+    assert c["model"]["architecture"] == "mlp" and c["model"]["options"] == {} and c["model"]["sigma"] == 0.1
+    c = _show(capsys, "--plugin", "wgan_arch", "--dataset", "idx")
+    assert c["model"]["architecture"] == "wgan_arch" and c["critic"]["gradient_penalty"] == 10.0
+    # array: image-shaped data gets image defaults (conv nets for 28/32/64 px, MLPs otherwise)
+    np.save(tmp_path / "img28.npy", np.zeros((4, 28, 28), np.uint8))
+    np.save(tmp_path / "img12.npy", np.zeros((4, 12, 12, 3), np.uint8))
+    np.save(tmp_path / "vec.npy", np.zeros((4, 5), np.float32))
+    for name, arch in (("img28", "dcgan"), ("img12", "mlp"), ("vec", "mlp")):
+        c = _show(capsys, "--dataset", "array", "--set", f'data.options={{path="{tmp_path / name}.npy"}}')
+        assert c["model"]["architecture"] == arch
+        assert c["divergence"]["name"] == ("js" if name == "vec" else "kl")
+        assert c["model"]["latent_dim"] == {"img28": 16, "img12": 16, "vec": 2}[name]
+
+
+@pytest.mark.slow
+def test_image_defaults_learn_images(capsys, tmp_path):
+    """The image defaults, on a small budget, give samples a classifier recognises: the Frechet
+    distance in its features and the class-histogram KL fall well below an untrained model's."""
+    from fgm_core.evaluate import evaluate
+
+    idx = write_idx(tmp_path / "idx", 3000, 500)
+    common = ["train", "-q", "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}', "--out",
+              tmp_path / "runs", "--set", "run.threads=1", "--set", "run.tensorboard=false", "--set",
+              "run.eval_samples=16"]
+    for name, steps in (("trained", 250), ("untrained", 1)):
+        code, _, err = cli(capsys, *common, "--steps", steps, "--name", name)
+        assert code == 0, err
+    res = {n: evaluate(tmp_path / "runs" / n, k=2, n_samples=500, n_test=500, seed=0) for n in ("trained", "untrained")}
+    assert res["trained"]["classifier_accuracy"] > 0.9  # the yardstick itself works
+    # measured (2 shared cores): Frechet 1624 trained, 4761 untrained; class KL 0.085 and 2.30
+    assert res["untrained"]["frechet_distance"] > 2 * res["trained"]["frechet_distance"]
+    assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
+
+
+# --------------------------------------------------------------------------- the experiment
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """benchmarks/fashion_mnist.py --quick on a synthetic IDX set (subprocess, as users run it)."""
+    d = tmp_path_factory.mktemp("experiment")
+    idx = write_idx(d / "idx", 300, 100)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FGM_CACHE_DIR": str(d / "cache"), "FGM_NO_PROGRESS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick", "--data", str(idx),
+                          "--out", str(d / "report"), "--threads", "1"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d / "report"
+
+
+@pytest.mark.slow
+def test_experiment_quick_mode(quick_report):
+    md = (quick_report / "report.md").read_text()
+    labels = ["kl / density", "reverse_kl / density", "js / density", "hellinger / density", "alpha:-0.5 / density",
+              "alpha:0.25 / density", "alpha:2 / density", "js / marginal", "js / joint"]
+    rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ") and "±" in ln]
+    assert rows == labels
+    for header in ("Fréchet", "class KL", "sharpness", "bits/dim", "log p_D", "collapsed", "train s"):
+        assert header in md.split("\n| ")[1]  # the main table's header row
+    assert "## Mode-collapse verdict per class" in md and "## Mode collapse: three classes removed" in md
+    assert "trained without **1, 5, 8**" in md  # the synthetic set's classes are named 0..9
+    assert md.count("(removed)") == 3
+    for f in ("report.html", "samples.png", "curves.png", "results.json"):
+        assert (quick_report / f).stat().st_size > 0
+    summary = json.loads((quick_report / "results.json").read_text())
+    assert len(summary["runs"]) == 9 and all("error" not in r for r in summary["runs"])
+    assert summary["collapse_run"]["removed"] == ["1", "5", "8"]
+
+
+BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+def test_report_renders_in_a_browser(quick_report, tmp_path):
+    """Chromium loads report.html: every figure decodes (naturalWidth > 0) and the style applies."""
+    page = tmp_path / "page.html"
+    probe = ("<script>addEventListener('load',()=>{const im=[...document.images];"
+             "document.body.dataset.figures=im.length+':'+im.filter(i=>i.complete&&i.naturalWidth>0).length;"
+             "document.body.dataset.th=getComputedStyle(document.querySelector('th')).backgroundColor;});</script>")
+    page.write_text((quick_report / "report.html").read_text().replace("</body>", probe + "</body>"))
+    res = subprocess.run([BROWSER, "--no-sandbox", "--disable-gpu", "--headless", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-figures="(\d+):(\d+)"', res.stdout)
+    assert m, res.stdout[:500] + res.stderr[-1000:]
+    assert int(m.group(1)) >= 2 and m.group(1) == m.group(2)
+    assert 'data-th="rgb(36, 74, 117)"' in res.stdout  # the embedded style sheet applied (th colour)
