@@ -15,6 +15,18 @@ from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
 from fgm_core.errors import FGMError
 
+class _FilePath(click.Path):
+    """Every path option and argument: any text but NUL, which no file name may hold."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            self.fail(f"{value!r} holds a NUL character, which no file name may hold", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _FilePath(path_type=Path)
+
+
 class _Seed(click.ParamType):
     """Every --seed: an integer the config (run.seed) and every random generator accept."""
 
@@ -66,7 +78,7 @@ def _warn_once(msg: str) -> None:
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--strict-plugins", is_flag=True,
               help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
-@click.option("--plugins-toml", type=click.Path(path_type=Path), envvar="FGM_PLUGINS_TOML",
+@click.option("--plugins-toml", type=PATH, envvar="FGM_PLUGINS_TOML",
               help="Plugin policy file (default: ./plugins.toml when present).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Path | None) -> None:
@@ -103,7 +115,7 @@ def plugins_cmd(obj: Ctx, as_json: bool) -> None:
 # --------------------------------------------------------------------------- train / config
 def _train_options(f):
     opts = [
-        click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Run configuration (TOML)."),
+        click.option("--config", "-c", "config", type=PATH, help="Run configuration (TOML)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
         click.option("--plugin", "presets", multiple=True, metavar="NAME|PATH",
@@ -135,7 +147,7 @@ def _overrides(sets, dataset, divergence, critic, architecture, steps, seed, dev
 
 @cli.command("train")
 @_train_options
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped run directory.")
+@click.option("--resume", type=PATH, help="Continue a stopped run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--nproc", type=int, default=None, help="Train with N processes (torch.distributed).")
 @click.pass_obj
@@ -199,7 +211,7 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dir", required=False, type=PATH)
 @_train_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @click.pass_obj
@@ -243,11 +255,9 @@ def _open(path: Path, device: str):
 
 
 def _read_array(path: Path):
-    import zipfile
-
     import numpy as np
 
-    from fgm_core.tables import CSV_SUFFIXES, read_csv
+    from fgm_core.tables import CSV_SUFFIXES, NUMPY_READ_ERRORS, read_csv
 
     try:
         if path.suffix == ".npy":
@@ -263,8 +273,8 @@ def _read_array(path: Path):
         raise FGMError(f"data file {path} not found", "check the path") from None
     except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
         raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
+    except NUMPY_READ_ERRORS as e:
+        raise FGMError(f"cannot read {path}: {type(e).__name__}: {e}", "give a numeric .npy, .npz or .csv file") from None
     raise FGMError(f"unsupported data file {path.name}", "use .npy, .npz or .csv")
 
 
@@ -293,9 +303,9 @@ def _write_array(arr, out: Path | None, header: str) -> None:
 
 
 @cli.command("sample")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=PATH)
 @click.option("-n", "n", type=int, default=16, show_default=True, help="Number of samples.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="out.npy or out.png.")
+@click.option("-o", "--out", type=PATH, required=True, help="out.npy or out.png.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -318,9 +328,9 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, device: 
 
 
 @cli.command("encode")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.argument("run_dir", type=PATH)
+@click.argument("data", type=PATH)
+@click.option("-o", "--out", type=PATH, help=".npy or .csv (default: CSV on stdout).")
 @click.option("--device", default="auto", show_default=True)
 def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None:
     """Posterior mean of q(z|x) for each row of DATA (.npy/.npz/.csv)."""
@@ -334,11 +344,11 @@ def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str) -> None
 
 
 @cli.command("score")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=PATH)
+@click.argument("data", type=PATH)
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per row.")
 @click.option("--density", is_flag=True, help="Also print the density estimator's log p_D(x).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.option("-o", "--out", type=PATH, help=".npy or .csv (default: CSV on stdout).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str) -> None:
@@ -359,12 +369,12 @@ def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None
 
 # --------------------------------------------------------------------------- export
 @cli.command("export")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dir", required=False, type=PATH)
 @click.option("--onnx", "onnx_flag", is_flag=True, help="Export ONNX graphs (the default format).")
 @click.option("--format", "fmt", default=None, help="Exporter name (see `fgm plugins`).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/export-FORMAT).")
+@click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/export-FORMAT).")
 @click.option("--opset", type=int, default=None, help="ONNX opset version.")
-@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Where to find the latest run.")
+@click.option("--runs", "runs_dir", type=PATH, default="runs", show_default=True, help="Where to find the latest run.")
 @click.pass_obj
 def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None, out: Path | None, opset: int | None,
                runs_dir: str) -> None:
@@ -387,7 +397,7 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
 
 # --------------------------------------------------------------------------- evaluate / plot / compare
 @cli.command("evaluate")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per held-out row.")
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
@@ -398,7 +408,7 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
               help="Override a data option for the held-out data, e.g. --set-data limit=500.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@click.option("-o", "--out", type=PATH, help="Also write the JSON result here.")
 @click.pass_obj
 def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
                  full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None) -> None:
@@ -429,8 +439,8 @@ def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_
 
 
 @cli.command("plot")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/plots).")
+@click.argument("run_dir", type=PATH)
+@click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/plots).")
 @click.pass_obj
 def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
     """Draw samples, 2-D density heatmaps and training curves of RUN_DIR as PNGs."""
@@ -445,7 +455,7 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 @click.option("--divergences", required=True, help="Comma-separated divergence names, e.g. kl,reverse_kl,js,gan.")
 @click.option("--critic", "critics", default="density", show_default=True,
               help="Critic form(s), comma-separated: density, joint, marginal.")
-@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
+@click.option("--config", "-c", "config", type=PATH, help="Base run configuration (TOML).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
 @click.option("--dataset", help="Shortcut for --set data.dataset=...")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per divergence.")
@@ -453,9 +463,9 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples for the likelihood.")
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs).")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+@click.option("-o", "--out", "out", type=PATH, default=Path("report"), show_default=True,
               help="Report directory.")
-@click.option("--runs-dir", type=click.Path(path_type=Path), help="Where the runs go (default REPORT_DIR/runs).")
+@click.option("--runs-dir", type=PATH, help="Where the runs go (default REPORT_DIR/runs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset, seeds: int, steps: int | None, k: int,
@@ -499,12 +509,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(e.exit_code) from None
     except click.ClickException as e:  # a malformed command line: one line too, status 2
         hint = f"see `{e.ctx.command_path if getattr(e, 'ctx', None) else 'fgm'} --help`"
-        click.echo(f"fgm: error: {' '.join(e.format_message().split())} ({hint})", err=True)
+        _say("error", f"{' '.join(e.format_message().split())} ({hint})")
         raise SystemExit(e.exit_code) from None
     except FGMError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"fgm: error: {e}", err=True)
+        _say("error", str(e))
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         click.echo("fgm: interrupted", err=True)
@@ -516,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
             what = f"{e.filename} (or a folder above it) is not a directory"
         else:
             what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        click.echo(f"fgm: error: {what} (check the path, its permissions and the free disk space)", err=True)
+        _say("error", f"{what} (check the path, its permissions and the free disk space)")
         raise SystemExit(1) from None
     except BaseException as e:  # noqa: BLE001 - anything else, even a plugin's own BaseException, is one line
         if isinstance(e, SystemExit):
@@ -525,13 +535,20 @@ def main(argv: list[str] | None = None) -> None:
             if debug:
                 traceback.print_exc()
             msg = f"{e.message} ({e.hint})" if e.hint else str(e.message)
-            click.echo(f"fgm: error: {msg}", err=True)
+            _say("error", msg)
             raise SystemExit(1) from None
         if debug:
             traceback.print_exc()
         else:
-            click.echo(f"fgm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            _say("internal error", f"{type(e).__name__}: {e} (rerun with --debug for the traceback)")
         raise SystemExit(1) from None
+
+
+def _say(kind: str, message: str) -> None:
+    """``fgm: KIND: MESSAGE`` as exactly one line: control characters (a newline in a file
+    name, say) are written as escapes."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    click.echo(f"fgm: {kind}: {text}", err=True)
 
 
 _commands_added = False

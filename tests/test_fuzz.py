@@ -633,3 +633,31 @@ def test_fuzz_data_files(run, model, work, file, command, export):
     line = promise(run(argv, d), d, {name})
     if line is None:
         assert np.isfinite(np.load(d / "out.npy")).all()
+
+
+# ---------------------------------------------------------------------------- what the battery found
+def test_what_the_battery_found(run, model, work):
+    """Cases the battery found at FGM_FUZZ_SCALE=8, kept as plain regression tests."""
+    d = case_dir(work)
+    # a NUL in a path on the command line (no file name may hold one): a usage error
+    res = run([*TINY, "--out", d / "runs", "--config", "\0"], d)
+    assert res.returncode == 2 and "NUL character" in check_error(res, "--config")
+    # a control character in an echoed name stays on the one line, escaped
+    np.save(d / "ok.npy", np.zeros((3, 2), np.float32))
+    check_error(run(["encode", model[0], d / "ok.npy", "-o", "\r"], d), "unsupported output \\r")
+    # a .npy whose header is not a Python literal (np.load raises tokenize's TokenError)
+    header = b"\x93NUMPY\x01\x00v\x00\x84'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }" + b" " * 58 + b"\n"
+    (d / "x.npy").write_bytes(header + bytes(24))
+    for target in model:
+        check_error(run(["score", target, d / "x.npy", "--device", "cpu"], d), "x.npy", "TokenError")
+    check_error(run([*TINY_NETS, "--out", d / "runs", "--dataset", "array", "--set",
+                     f'data.options.path="{d / "x.npy"}"'], d), "not a valid NumPy file")
+    # a graph whose metadata is not UTF-8 after a flipped byte
+    exp = d / "exp"
+    shutil.copytree(model[1], exp)
+    graph = bytearray((exp / "density.onnx").read_bytes())
+    at = graph.index(b"fgm.role")
+    graph[at + 14] ^= 0xFF  # inside the metadata entries' text
+    (exp / "density.onnx").write_bytes(bytes(graph))
+    check_error(run(["score", exp, d / "ok.npy", "--density", "--device", "cpu"], d), "cannot load", "density.onnx")
+    assert not (d / "runs").exists()

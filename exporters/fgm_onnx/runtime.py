@@ -251,12 +251,12 @@ class OnnxRuntimeModel:
         if g.session is None:
             try:
                 sess = self._new_session(g.path)
+                meta = sess.get_modelmeta().custom_metadata_map  # damaged metadata: not UTF-8
             except FGMRuntimeError:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
                 raise FGMRuntimeError(f"onnxruntime cannot load {g.path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                                       "is this file an fgm ONNX export? re-export the run") from None
-            meta = sess.get_modelmeta().custom_metadata_map
             if meta.get("fgm.role") != role:
                 raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
                                       f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field
 
 from fgm_core.components import DataBundle, DataRequest, Scaling
 from fgm_core.errors import FGMError
-from fgm_core.tables import CSV_SUFFIXES, read_csv
+from fgm_core.tables import CSV_SUFFIXES, NUMPY_READ_ERRORS, read_csv
 
 from .common import Options, check_finite, check_request, make_bundle, parse_options, split_indices
 
@@ -39,7 +38,7 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
             raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
                        "never loaded", "save a numeric array: np.save(path, x.astype(np.float32))") from None
         raise _err(path, f"is not a valid NumPy file ({e})", "write it with np.save / np.savez") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except NUMPY_READ_ERRORS as e:
         if isinstance(e, PermissionError):
             raise _err(path, "permission denied", "fix its permissions") from None
         raise _err(path, f"is not a valid NumPy file ({type(e).__name__}: {e})",
@@ -70,7 +69,7 @@ def _npz_array(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
             raise _err(path, f"array {key!r} holds pickled Python objects, which are never loaded",
                        "save numeric arrays only") from None
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except NUMPY_READ_ERRORS as e:
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
 
 
