@@ -400,11 +400,17 @@ class Trainer:
     def load_checkpoint(self) -> None:
         ptr = read_pointer(self.run_dir)
         ck = self.run_dir / "checkpoints"
-        self.model.load_state_dict(load_tensors(ck / f"{ptr.tag}.model.safetensors", self.device))
+        weights = ck / f"{ptr.tag}.model.safetensors"
+        try:
+            self.model.load_state_dict(load_tensors(weights, self.device))
+        except RuntimeError as e:
+            raise FGMError(f"{weights} does not match the run's networks ({' '.join(str(e).split())[:200]})",
+                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
         where = ck / f"{ptr.tag}.state.json"
         meta = read_record(where, CheckpointState)
-        state = join_state(meta.skeleton, load_tensors(ck / f"{ptr.tag}.state.safetensors"))
+        tensors = load_tensors(ck / f"{ptr.tag}.state.safetensors")
         try:
+            state = join_state(meta.skeleton, tensors)
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_c.load_state_dict(state["opt_c"])
             if len(state["sched"]) != len(self.sched):
