@@ -200,6 +200,8 @@ STATES = {
     "pos-text": {"skeleton": {}, "step": 4, "epoch": 0, "pos": "x"},
     "empty-skeleton": {"skeleton": {}, "step": 4, "epoch": 0, "pos": 64},
     "wrong-keys": {"skeleton": {"__dict__": [["opt_x", 1]]}, "step": 4, "epoch": 0, "pos": 64},
+    "missing-tensor": {"skeleton": {"__dict__": [["opt_g", {"__tensor__": "nope"}]]}, "step": 4, "epoch": 0,
+                       "pos": 64},
 }
 
 
@@ -210,6 +212,17 @@ def test_a_damaged_checkpoint_state_names_the_file(run, model, work, kind):
     before = snapshot(copy)
     check_error(run(["train", "--resume", copy, "--steps", "6"], d), ".state.json")
     assert snapshot(copy) == before
+
+
+def test_checkpoint_weights_of_other_networks_name_the_file(run, model, work):
+    from safetensors.torch import save_file
+
+    d = case_dir(work)
+    tag = json.loads((model[0] / "checkpoint.json").read_text())["tag"]
+    copy = damaged_copy(model[0], d / "run", f"checkpoints/{tag}.model.safetensors", b"")
+    save_file({"a": torch.zeros(2)}, str(copy / f"checkpoints/{tag}.model.safetensors"))
+    check_error(run(["train", "--resume", copy, "--steps", "6"], d), f"{tag}.model.safetensors",
+                "does not match the run's networks")
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
