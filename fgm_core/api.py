@@ -92,6 +92,8 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     import shutil
     import tempfile
 
+    from fgm_core.storage import umask_mode
+
     run = run if isinstance(run, Run) else Run.load(run)
     plugins = get_plugins(near=run.path)
     comp = plugins.get("exporters", fmt)
@@ -103,6 +105,7 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(umask_mode(0o777))  # the export folder gets a plain mkdir's mode, not 0700
         (tmp / PARTIAL_MARK).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         try:
             manifest = exporter.export(run, tmp, **options)

@@ -404,9 +404,14 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
     assert (tmp_path / "plain.json").read_bytes() == b"[]"
 
 
-def test_run_files_all_get_the_same_mode(model):
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in model[0].rglob("*") if p.is_file()}
-    assert len(set(modes.values())) == 1, modes
+def test_run_and_export_files_get_plain_modes(model):
+    """Every file of a run and an export has the mode a plain open() gives, every folder a
+    plain mkdir()'s (the umask of the process that wrote them)."""
+    files = {str(p): stat.S_IMODE(p.stat().st_mode) for m in model for p in [m, *m.rglob("*")] if p.is_file()}
+    folders = {str(p): stat.S_IMODE(p.stat().st_mode) for m in model for p in [m, *m.rglob("*")] if p.is_dir()}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert set(files.values()) == {0o666 & ~mask} and set(folders.values()) == {0o777 & ~mask}, (files, folders)
 
 
 # =========================================================================== the battery
