@@ -345,9 +345,13 @@ class OnnxRuntimeModel:
                                     f"pass rows of {d} values")
         if a.shape[0] == 0:
             raise RuntimeInputError("input is empty (0 rows)", "pass at least one row")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: reported next
+            f32 = np.ascontiguousarray(a, dtype=np.float32)
         self._check_finite(a, "input")
-        return a
+        if not np.isfinite(f32).all():
+            raise RuntimeInputError(f"input values up to {float(np.abs(a).max()):.3g} overflow float32",
+                                    "rescale the data")
+        return f32
 
     @staticmethod
     def _check_finite(a: np.ndarray, what: str) -> None:
