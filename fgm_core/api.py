@@ -129,7 +129,7 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     import shutil
     import tempfile
 
-    from fgm_core.storage import check_export_target, replace_dir, seal_export
+    from fgm_core.storage import check_export_target, replace_dir, seal_export, umask_mode
 
     run = run if isinstance(run, Run) else Run.load(run)
     plugins = get_plugins()
@@ -141,6 +141,7 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(umask_mode(0o777))  # the export folder gets a plain mkdir's mode, not 0700
         (tmp / PARTIAL_MARK).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         try:
             manifest = exporter.export(run, tmp, **options)

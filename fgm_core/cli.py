@@ -14,7 +14,19 @@ import click
 
 from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
-from fgm_core.errors import NPY_LOAD_ERRORS, FGMError, FGMWarning, Interrupted, os_error_text
+from fgm_core.errors import FGMError, FGMWarning, Interrupted, os_error_text
+
+
+class _FilePath(click.Path):
+    """Every path option and argument: any text but NUL, which no file name may hold."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            self.fail(f"{value!r} holds a NUL character, which no file name may hold", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _FilePath(path_type=Path)
 
 
 class _Seed(click.ParamType):
@@ -80,7 +92,7 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--strict-plugins", is_flag=True,
               help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
-@click.option("--plugins-toml", type=click.Path(path_type=Path), envvar="FGM_PLUGINS_TOML",
+@click.option("--plugins-toml", type=PATH, envvar="FGM_PLUGINS_TOML",
               help="Plugin policy file (default: ./plugins.toml when present).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Path | None) -> None:
@@ -146,7 +158,7 @@ def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
 # --------------------------------------------------------------------------- train / config
 def _train_options(f):
     opts = [
-        click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Run configuration (TOML)."),
+        click.option("--config", "-c", "config", type=PATH, help="Run configuration (TOML)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
         click.option("--plugin", "presets", multiple=True, metavar="NAME|PATH",
@@ -179,7 +191,7 @@ def _overrides(sets, dataset, divergence, critic, architecture, steps, seed, dev
 
 @cli.command("train")
 @_train_options
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped run directory.")
+@click.option("--resume", type=PATH, help="Continue a stopped run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--nproc", type=int, default=None, help="Train with N processes (torch.distributed).")
 @click.pass_obj
@@ -245,7 +257,7 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dir", required=False, type=PATH)
 @_train_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @click.pass_obj
@@ -314,12 +326,11 @@ def _open(path: Path, device: str, threads: int | None = None, verbose: bool = F
 
 def _read_array(path: Path):
     import io
-    import zipfile
 
     import numpy as np
 
     from fgm_core.storage import MAX_DATA_BYTES, read_input
-    from fgm_core.tables import CSV_SUFFIXES, read_csv
+    from fgm_core.tables import CSV_SUFFIXES, NUMPY_READ_ERRORS, read_csv
 
     try:
         suffix = path.suffix.lower()
@@ -339,8 +350,8 @@ def _read_array(path: Path):
         raise FGMError(f"data file {path} not found", "check the path") from None
     except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
         raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
-    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
-        raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
+    except NUMPY_READ_ERRORS as e:
+        raise FGMError(f"cannot read {path}: {type(e).__name__}: {e}", "give a numeric .npy, .npz or .csv file") from None
 
 
 def _write_array(arr, out: Path | None, header: str) -> None:
@@ -368,9 +379,9 @@ def _write_array(arr, out: Path | None, header: str) -> None:
 
 
 @cli.command("sample")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=PATH)
 @click.option("-n", "n", type=int, default=16, show_default=True, help="Number of samples.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="out.npy or out.png.")
+@click.option("-o", "--out", type=PATH, required=True, help="out.npy or out.png.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
 @click.option("--clip/--no-clip", default=None,
@@ -403,9 +414,9 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, clip: bo
 
 
 @cli.command("encode")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.argument("run_dir", type=PATH)
+@click.argument("data", type=PATH)
+@click.option("-o", "--out", type=PATH, help=".npy or .csv (default: CSV on stdout).")
 @_runtime_options
 def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str, threads: int | None, verbose: bool) -> None:
     """Posterior mean of q(z|x) for each row of DATA (.npy/.npz/.csv)."""
@@ -419,11 +430,11 @@ def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str, threads
 
 
 @cli.command("score")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=PATH)
+@click.argument("data", type=PATH)
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per row.")
 @click.option("--density", is_flag=True, help="Also print the density estimator's log p_D(x).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help=".npy or .csv (default: CSV on stdout).")
+@click.option("-o", "--out", type=PATH, help=".npy or .csv (default: CSV on stdout).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @_runtime_options
 def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str,
@@ -448,17 +459,17 @@ def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None
 
 # --------------------------------------------------------------------------- export
 @cli.command("export")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dir", required=False, type=PATH)
 @click.option("--onnx", "onnx_flag", is_flag=True, help="Export ONNX graphs (the default format).")
 @click.option("--format", "fmt", default=None, help="Exporter name (see `fgm plugins`).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/export-FORMAT).")
+@click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/export-FORMAT).")
 @click.option("--opset", type=int, default=None, help="ONNX opset version.")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default=None,
               help="torch's ONNX exporter (auto: TorchScript-based, dynamo where that fails).")
 @click.option("--atol", type=float, default=None, help="Parity tolerance floor (absolute), recorded in the manifest.")
 @click.option("--rtol", type=float, default=None, help="Parity tolerance (relative), recorded in the manifest.")
 @click.option("--clip", is_flag=True, default=None, help="Have the runtime clip image samples to the data range by default.")
-@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Where to find the latest run.")
+@click.option("--runs", "runs_dir", type=PATH, default="runs", show_default=True, help="Where to find the latest run.")
 @click.pass_obj
 def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None, out: Path | None, opset: int | None,
                exporter: str | None, atol: float | None, rtol: float | None, clip: bool | None, runs_dir: str) -> None:
@@ -482,7 +493,7 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
 
 # --------------------------------------------------------------------------- evaluate / plot / compare
 @cli.command("evaluate")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per held-out row.")
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
@@ -494,7 +505,7 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
               help="Override a data option for the held-out data, e.g. --set-data limit=500.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@click.option("-o", "--out", type=PATH, help="Also write the JSON result here.")
 @click.option("--threads", type=int, default=None, help="Threads for an export's onnxruntime session or a run's torch.")
 @click.pass_obj
 def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
@@ -528,8 +539,8 @@ def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_
 
 
 @cli.command("plot")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default RUN_DIR/plots).")
+@click.argument("run_dir", type=PATH)
+@click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/plots).")
 @click.pass_obj
 def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
     """Draw samples, 2-D density heatmaps and training curves of RUN_DIR as PNGs."""
@@ -546,7 +557,7 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
                    'custom:"(u-1)**2/(u+1)".')
 @click.option("--critic", "critics", default="density", show_default=True,
               help="Critic form(s), comma-separated: density, joint, marginal.")
-@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
+@click.option("--config", "-c", "config", type=PATH, help="Base run configuration (TOML).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
 @click.option("--dataset", help="Shortcut for --set data.dataset=...")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per divergence.")
@@ -554,9 +565,9 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples for the likelihood.")
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs).")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+@click.option("-o", "--out", "out", type=PATH, default=Path("report"), show_default=True,
               help="Report directory.")
-@click.option("--runs-dir", type=click.Path(path_type=Path), help="Where the runs go (default REPORT_DIR/runs).")
+@click.option("--runs-dir", type=PATH, help="Where the runs go (default REPORT_DIR/runs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset, seeds: int, steps: int | None, k: int,
@@ -639,12 +650,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(e.exit_code) from None
     except click.ClickException as e:  # a malformed command line: one line too, status 2
         hint = f"see `{e.ctx.command_path if getattr(e, 'ctx', None) else 'fgm'} --help`"
-        click.echo(f"fgm: error: {' '.join(e.format_message().split())} ({hint})", err=True)
+        _say("error", f"{' '.join(e.format_message().split())} ({hint})")
         raise SystemExit(e.exit_code) from None
     except FGMError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"fgm: error: {e}", err=True)
+        _say("error", str(e))
         raise SystemExit(1) from None
     except _Stopped as s:  # SIGINT / SIGTERM honoured: one line, exit 128 + the signal (130, 143)
         e = s.args[0]
@@ -656,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # a file where a folder should be, permission denied, disk full: the user can fix these
         if debug:
             traceback.print_exc()
-        click.echo(f"fgm: error: {os_error_text(e)} (check the path, its permissions and the free disk space)", err=True)
+        _say("error", f"{os_error_text(e)} (check the path, its permissions and the free disk space)")
         raise SystemExit(1) from None
     except BaseException as e:  # noqa: BLE001 - anything else, even a plugin's own BaseException, is one line
         if isinstance(e, SystemExit):
@@ -665,13 +676,20 @@ def main(argv: list[str] | None = None) -> None:
             if debug:
                 traceback.print_exc()
             msg = f"{e.message} ({e.hint})" if e.hint else str(e.message)
-            click.echo(f"fgm: error: {msg}", err=True)
+            _say("error", msg)
             raise SystemExit(1) from None
         if debug:
             traceback.print_exc()
         else:
-            click.echo(f"fgm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            _say("internal error", f"{type(e).__name__}: {e} (rerun with --debug for the traceback)")
         raise SystemExit(1) from None
+
+
+def _say(kind: str, message: str) -> None:
+    """``fgm: KIND: MESSAGE`` as exactly one line: control characters (a newline in a file
+    name, say) are written as escapes."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    click.echo(f"fgm: {kind}: {text}", err=True)
 
 
 _commands_added = False

@@ -7,7 +7,6 @@ non-zero exit; tracebacks appear only with ``--debug``.
 from __future__ import annotations
 
 import difflib
-import tokenize
 from pathlib import Path
 from collections.abc import Iterable
 
@@ -71,7 +70,3 @@ def os_error_text(e: OSError) -> str:
         return f"{e.filename} (or a folder above it) is not a directory"
     return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
-
-#: what ``numpy.load`` raises on a damaged file (a garbled header is parsed as Python literals)
-NPY_LOAD_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, SyntaxError, TypeError, KeyError,
-                                                    OverflowError, MemoryError, tokenize.TokenError)

@@ -149,9 +149,15 @@ def _new_file_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return umask_mode(0o666)
+
+
+def umask_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for folders) less the umask: what ``open``/``mkdir``
+    give, where ``mkstemp``/``mkdtemp`` give 0600/0700."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> str:

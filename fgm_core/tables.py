@@ -1,4 +1,4 @@
-"""The one CSV reader: ``fgm train`` (dataset ``array``) and ``fgm encode``/``score`` read
+"""What may go wrong reading a NumPy file, and the one CSV reader: ``fgm train`` (dataset ``array``) and ``fgm encode``/``score`` read
 text tables the same way.
 
 A table is one row per item, fields separated by ``,``, tab or ``;`` (whichever the first
@@ -9,6 +9,8 @@ fields as the first: a longer or shorter row is an error naming its line, never 
 
 from __future__ import annotations
 
+import tokenize
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,10 @@ from fgm_core.errors import FGMError
 from fgm_core.storage import MAX_DATA_BYTES, read_input
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
+#: what ``np.load`` of a damaged .npy/.npz raises (a cut file, a bad zip, a header that is not
+#: a Python literal: SyntaxError or tokenize's TokenError); each means "not a valid NumPy file"
+NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError, TypeError,
+                     KeyError, OverflowError)
 
 
 def _is_number(s: str) -> bool:

@@ -512,11 +512,16 @@ class Trainer:
         """Restore the newest checkpoint (a run that never wrote one starts at step 0)."""
         if not (self.run_dir / "checkpoint.json").exists():
             return
-        (model, model_sha), (state_file, state_sha), (where, meta_sha) = checkpoint_files(self.run_dir).values()
-        self.model.load_state_dict(load_tensors(model, self.device, sha256=model_sha))
-        meta = read_record(where, CheckpointState, read_json(where, sha256=meta_sha))
-        state = join_state(meta.skeleton, load_tensors(state_file, sha256=state_sha))
+        (weights, model_sha), (state_file, state_sha), (where, meta_sha) = checkpoint_files(self.run_dir).values()
         try:
+            self.model.load_state_dict(load_tensors(weights, self.device, sha256=model_sha))
+        except RuntimeError as e:
+            raise FGMError(f"{weights} does not match the run's networks ({' '.join(str(e).split())[:200]})",
+                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
+        meta = read_record(where, CheckpointState, read_json(where, sha256=meta_sha))
+        tensors = load_tensors(state_file, sha256=state_sha)
+        try:
+            state = join_state(meta.skeleton, tensors)
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_c.load_state_dict(state["opt_c"])
             if len(state["sched"]) == len(self.sched):

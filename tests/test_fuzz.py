@@ -203,6 +203,8 @@ STATES = {
     "pos-text": {"skeleton": {}, "step": 4, "epoch": 0, "pos": "x"},
     "empty-skeleton": {"skeleton": {}, "step": 4, "epoch": 0, "pos": 64},
     "wrong-keys": {"skeleton": {"__dict__": [["opt_x", 1]]}, "step": 4, "epoch": 0, "pos": 64},
+    "missing-tensor": {"skeleton": {"__dict__": [["opt_g", {"__tensor__": "nope"}]]}, "step": 4, "epoch": 0,
+                       "pos": 64},
 }
 
 
@@ -213,6 +215,17 @@ def test_a_damaged_checkpoint_state_names_the_file(run, model, work, kind):
     before = snapshot(copy)
     check_error(run(["train", "--resume", copy, "--steps", "6"], d), ".state.json")
     assert snapshot(copy) == before
+
+
+def test_checkpoint_weights_of_other_networks_name_the_file(run, model, work):
+    from safetensors.torch import save_file
+
+    d = case_dir(work)
+    tag = json.loads((model[0] / "checkpoint.json").read_text())["tag"]
+    copy = damaged_copy(model[0], d / "run", f"checkpoints/{tag}.model.safetensors", b"")
+    save_file({"a": torch.zeros(2)}, str(copy / f"checkpoints/{tag}.model.safetensors"))
+    check_error(run(["train", "--resume", copy, "--steps", "6"], d), f"{tag}.model.safetensors",
+                "does not match the run's networks")
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
@@ -394,9 +407,14 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
     assert (tmp_path / "plain.json").read_bytes() == b"[]"
 
 
-def test_run_files_all_get_the_same_mode(model):
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in model[0].rglob("*") if p.is_file()}
-    assert len(set(modes.values())) == 1, modes
+def test_run_and_export_files_get_plain_modes(model):
+    """Every file of a run and an export has the mode a plain open() gives, every folder a
+    plain mkdir()'s (the umask of the process that wrote them)."""
+    files = {str(p): stat.S_IMODE(p.stat().st_mode) for m in model for p in [m, *m.rglob("*")] if p.is_file()}
+    folders = {str(p): stat.S_IMODE(p.stat().st_mode) for m in model for p in [m, *m.rglob("*")] if p.is_dir()}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert set(files.values()) == {0o666 & ~mask} and set(folders.values()) == {0o777 & ~mask}, (files, folders)
 
 
 # =========================================================================== the battery
@@ -615,7 +633,8 @@ def data_file(draw):
     shape = draw(st.sampled_from([(3, 2), (0, 2), (2,), (3, 3), (1, 2, 1), (), (3, 1)]))
     dtype = draw(st.sampled_from(["float32", "float64", "int64", "uint8", "bool", "complex64", "float16", "U3"]))
     values = draw(st.sampled_from([0.0, np.nan, np.inf, 1e38, -1e308]))
-    arr = np.full(shape, values if dtype.startswith("f") else 1).astype(dtype) if shape else np.array(1, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e38 as float16 is inf: on purpose
+        arr = np.full(shape, values if dtype.startswith("f") else 1).astype(dtype) if shape else np.array(1, dtype)
     np.save(buf, arr if kind == "npy" else good)
     raw = buf.getvalue()
     if kind == "npy-bytes":
@@ -635,4 +654,37 @@ def test_fuzz_data_files(run, model, work, file, command, export):
         argv += ["-k", "2"]
     line = promise(run(argv, d), d, {name})
     if line is None:
-        assert np.isfinite(np.load(d / "out.npy")).all()
+        out = np.load(d / "out.npy")
+        # no NaN passes silently; -inf is a log-likelihood below float32's range (a datum far out)
+        assert not np.isnan(out).any() and not (out == np.inf).any(), out
+
+
+# ---------------------------------------------------------------------------- what the battery found
+def test_what_the_battery_found(run, model, work):
+    """Cases the battery found at FGM_FUZZ_SCALE=8, kept as plain regression tests."""
+    d = case_dir(work)
+    # a NUL in a path on the command line (no file name may hold one): a usage error
+    res = run([*TINY, "--out", d / "runs", "--config", "\0"], d)
+    assert res.returncode == 2 and "NUL character" in check_error(res, "--config")
+    # a control character in an echoed name stays on the one line, escaped
+    np.save(d / "ok.npy", np.zeros((3, 2), np.float32))
+    check_error(run(["encode", model[0], d / "ok.npy", "-o", "\r"], d), "unsupported output \\r")
+    # a .npy whose header is not a Python literal (np.load raises tokenize's TokenError)
+    header = b"\x93NUMPY\x01\x00v\x00\x84'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }" + b" " * 58 + b"\n"
+    (d / "x.npy").write_bytes(header + bytes(24))
+    for target in model:
+        check_error(run(["score", target, d / "x.npy", "--device", "cpu"], d), "x.npy", "TokenError")
+    check_error(run([*TINY_NETS, "--out", d / "runs", "--dataset", "array", "--set",
+                     f'data.options.path="{d / "x.npy"}"'], d), "not a valid NumPy file")
+    # a graph whose metadata is not UTF-8 after a flipped byte
+    exp = d / "exp"
+    shutil.copytree(model[1], exp)
+    graph = bytearray((exp / "density.onnx").read_bytes())
+    at = graph.index(b"fgm.role")
+    graph[at + 14] ^= 0xFF  # inside the metadata entries' text
+    (exp / "density.onnx").write_bytes(bytes(graph))
+    check_error(run(["score", exp, d / "ok.npy", "--density", "--device", "cpu"], d), "cannot load", "density.onnx")
+    # a float64 datum beyond float32's range: one line, not numpy's overflow warning on stderr
+    (d / "far.csv").write_text("0.0,3.4028235677973366e+38\n")
+    check_error(run(["score", model[1], d / "far.csv", "--device", "cpu"], d), "overflow float32")
+    assert not (d / "runs").exists()

@@ -304,12 +304,12 @@ class OnnxRuntimeModel:
         if g.session is None:
             try:
                 sess = self._new_session(self._graph_bytes(g))
+                meta = sess.get_modelmeta().custom_metadata_map  # damaged metadata: not UTF-8
             except FGMRuntimeError:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
                 raise FGMRuntimeError(f"onnxruntime cannot load {g.path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                                       "is this file an fgm ONNX export? re-export the run") from None
-            meta = sess.get_modelmeta().custom_metadata_map
             if meta.get("fgm.role") != role:
                 raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
                                       f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")
@@ -398,9 +398,13 @@ class OnnxRuntimeModel:
                                     f"pass rows of {d} values")
         if a.shape[0] == 0:
             raise RuntimeInputError("input is empty (0 rows)", "pass at least one row")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: reported next
+            f32 = np.ascontiguousarray(a, dtype=np.float32)
         self._check_finite(a, "input")
-        return a
+        if not np.isfinite(f32).all():
+            raise RuntimeInputError(f"input values up to {float(np.abs(a).max()):.3g} overflow float32",
+                                    "rescale the data")
+        return f32
 
     @staticmethod
     def _check_finite(a: np.ndarray, what: str) -> None:

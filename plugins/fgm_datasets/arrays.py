@@ -11,9 +11,9 @@ import numpy as np
 from pydantic import Field
 
 from fgm_core.components import DataBundle, DataRequest, Scaling
-from fgm_core.errors import NPY_LOAD_ERRORS, FGMError
+from fgm_core.errors import FGMError
 from fgm_core.storage import MAX_DATA_BYTES, read_input
-from fgm_core.tables import CSV_SUFFIXES, read_csv
+from fgm_core.tables import CSV_SUFFIXES, NUMPY_READ_ERRORS, read_csv
 
 from .common import Options, check_finite, check_request, make_bundle, parse_options, split_indices
 
@@ -41,7 +41,7 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
             raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
                        "never loaded", "save a numeric array: np.save(path, x.astype(np.float32))") from None
         raise _err(path, f"is not a valid NumPy file ({e})", "write it with np.save / np.savez") from None
-    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
+    except NUMPY_READ_ERRORS as e:
         if isinstance(e, PermissionError):
             raise _err(path, "permission denied", "fix its permissions") from None
         raise _err(path, f"is not a valid NumPy file ({type(e).__name__}: {e})",
@@ -72,7 +72,7 @@ def _npz_array(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
             raise _err(path, f"array {key!r} holds pickled Python objects, which are never loaded",
                        "save numeric arrays only") from None
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except NUMPY_READ_ERRORS as e:
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
 
 
