@@ -16,7 +16,8 @@ budget (``--short-steps``). Goals for the default run: mae <= 0.5, spearman >= 0
     python benchmarks/estimator_fidelity.py --divergences --short-steps 2000
     python benchmarks/estimator_fidelity.py --quick               # smoke run (300 steps)
 
-Runs go to a temporary directory; ``--json`` writes the figures. Timings are wall seconds on
+Runs go to a temporary directory; ``--json`` writes the figures (merged into the file when it
+exists, so the sets can run in separate processes: ``--sets ring8,gauss`` and ``--sets grid25``). Timings are wall seconds on
 whatever else the machine runs; steps/s is given too, to re-measure on a quiet machine.
 """
 
@@ -157,8 +158,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         met = {k: (r.get(k) is not None and (r[k] >= v if k == "spearman" else r[k] <= v)) for k, v in GOALS.items()}
         print(f"default {s}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'} (goal {'>=' if k == 'spearman' else '<='} "
                                             f"{GOALS[k]})" for k, ok in met.items()))
-    if args.json:
+    if args.json:  # merged into an existing file: sets can run in separate processes
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        for part in ("default", "divergences"):
+            results[part] = {**old.get(part, {}), **results[part]}
         args.json.write_text(json.dumps(results, indent=2, default=float))
     return results
 
