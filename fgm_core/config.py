@@ -75,13 +75,9 @@ class CriticConfig(_Section):
 
     form: Literal["density", "joint", "marginal"] = "density"
     n_critic: int = Field(1, ge=0, le=100)
-    generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
+    generator_loss: Literal["saddle", "non_saturating"] = "saddle"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
-    #: density critic: weight of the self-normalising term E_pD[l] - integral of exp(l) in the
-    #: critic's objective (same maximiser as J, l = log p_D; anchors l where the model has no
-    #: mass). Its proposal is a kernel density of the batch: meant for low-dimensional data.
-    self_normalise: float = Field(0.0, ge=0.0)
 
 
 class OptimConfig(_Section):
@@ -92,7 +88,7 @@ class OptimConfig(_Section):
     critic_lr: float | None = Field(None, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "linear", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0.0)
     #: learning-rate multiplier for the generator's noise scale (a log-space parameter).
@@ -110,7 +106,7 @@ class OptimConfig(_Section):
 class RunConfig(_Section):
     """Length, seed, device, output and logging of a run."""
 
-    steps: int = Field(8000, ge=1)
+    steps: int = Field(12000, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
