@@ -24,6 +24,7 @@ whatever else the machine runs; steps/s is given too, to re-measure on a quiet m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="300-step smoke run of everything asked for")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the runs under this directory (default: temporary)")
+    ap.add_argument("--default-steps", type=int, default=None,
+                    help="steps of the default runs (default: the configuration's; the table shows them)")
     args = ap.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
     bad = [s for s in sets if s not in SETS]
@@ -127,14 +131,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid_cfg = load_toml(ROOT / "configs" / "grid25.toml") if (ROOT / "configs" / "grid25.toml").exists() else {}
     results: dict[str, Any] = {"goals": GOALS, "default": {}, "divergences": {}, "seed": args.seed,
                                "load_average": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory(prefix="fgm-fidelity-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="fgm-fidelity-")) as tmp:
         print(HEADER, flush=True)
         if not args.default_only:
             for s in sets:
                 base = grid_cfg if s == "grid25" else {}
                 cfg = merge(merge(base, SETS[s]), {"run": {"seed": args.seed}})
-                if args.quick:
-                    cfg = merge(cfg, {"run": {"steps": 300}})
+                if args.quick or args.default_steps:
+                    cfg = merge(cfg, {"run": {"steps": 300 if args.quick else args.default_steps}})
                 r = one(cfg, Path(tmp), f"default-{s}", args.threads)
                 results["default"][s] = r
                 print(line(f"default {s}", r), flush=True)

@@ -5,9 +5,8 @@
 - decoder p(x|z): z -> ``depth`` x [Linear(hidden) -> norm -> activation] -> Linear(D),
   reshaped to the data shape; linear output for vectors, tanh for images (model units are
   [-1, 1]).
-- critic: flatten x (optionally with random Fourier features, ``critic_fourier``; on by
-  default for the density critic on low-dimensional vectors), concatenated with z for the
-  joint form -> ``critic_depth`` x
+- critic: flatten x (optionally with random Fourier features, ``critic_fourier``),
+  concatenated with z for the joint form -> ``critic_depth`` x
   [Linear(critic_hidden) -> critic_norm -> activation] -> Linear(1). It is the density
   estimator l(x) for ``density``, V(x) for ``marginal`` and V(x, z) for ``joint``. The critic
   has no batch normalisation (layer norm or none).
@@ -38,10 +37,6 @@ from .common import (
     SchemaArchitecture,
 )
 
-#: the automatic Fourier critic input is for low-dimensional vectors (2-D mixtures and the like)
-FOURIER_MAX_DIMS = 16
-FOURIER_AUTO = 64
-
 SCHEMA: tuple[Option, ...] = (
     Option("hidden", 128, int, "width of the hidden layers of encoder and decoder", minimum=1),
     Option("depth", 3, int, "number of hidden layers of encoder and decoder", minimum=1),
@@ -53,9 +48,8 @@ SCHEMA: tuple[Option, ...] = (
            minimum=1, allow_none=True),
     Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)",
            choices=("none", "layer")),
-    Option("critic_fourier", None, int, "random Fourier features of x in front of the critic: number of "
-           "frequencies (0: none; default: 64 for the density critic on vectors of at most "
-           f"{FOURIER_MAX_DIMS} dimensions, else 0)", minimum=0, allow_none=True),
+    Option("critic_fourier", 0, int, "random Fourier features of x in front of the critic: number of "
+           "frequencies (0: none)", minimum=0),
     Option("critic_fourier_scale", 30.0, float, "std of the Fourier frequencies, per model unit of x "
            "(about 0.3 / the finest data scale)", minimum=0.0),
     LOGVAR_BOUND,
@@ -67,8 +61,9 @@ class FourierFeatures(nn.Module):
 
     A plain MLP on raw coordinates cannot resolve a density whose log varies over a few
     hundredths of a unit (ring8's modes have std 0.01): regressed directly on the exact log
-    p_D it stays near the per-mode mean (Spearman about 0). With these features it fits it
-    (see benchmarks/README.md, "Density estimator fidelity")."""
+    p_D it stays near the per-mode mean (Spearman about 0); with these features it fits it.
+    In the js game (saddle loss) such a critic wins outright and the generator collapses, so
+    the features are opt-in (see benchmarks/README.md, "Density estimator fidelity")."""
 
     def __init__(self, dim: int, n: int, scale: float) -> None:
         super().__init__()
@@ -139,9 +134,6 @@ class MLPArchitecture(SchemaArchitecture):
 
         joint = spec.critic == "joint"
         n_fourier = o["critic_fourier"]
-        if n_fourier is None:
-            n_fourier = FOURIER_AUTO if spec.critic == "density" and spec.data_kind == "vector" \
-                and dim <= FOURIER_MAX_DIMS else 0
         trunk: nn.Module = Flatten()
         x_features = dim
         if n_fourier:
