@@ -13,7 +13,7 @@ with ``--divergences``, for every built-in divergence with the density critic at
 budget (``--short-steps``). Goals for the default run: mae <= 0.5, spearman >= 0.9, gap <= 0.5.
 
     python benchmarks/estimator_fidelity.py                       # default runs, 3 sets
-    python benchmarks/estimator_fidelity.py --divergences --short-steps 2000
+    python benchmarks/estimator_fidelity.py --divergences --short-steps 1000
     python benchmarks/estimator_fidelity.py --quick               # smoke run (300 steps)
 
 Runs go to a temporary directory; ``--json`` writes the figures (merged into the file when it
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of ring8,grid25,gauss")
     ap.add_argument("--divergences", action="store_true", help="also every built-in divergence, short runs")
-    ap.add_argument("--short-steps", type=int, default=2000, help="steps of each per-divergence run")
+    ap.add_argument("--short-steps", type=int, default=300, help="steps of each per-divergence run")
     ap.add_argument("--default-only", action="store_true", help="skip the default runs (with --divergences)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)

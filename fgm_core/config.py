@@ -75,7 +75,7 @@ class CriticConfig(_Section):
 
     form: Literal["density", "joint", "marginal"] = "density"
     n_critic: int = Field(1, ge=0, le=100)
-    generator_loss: Literal["saddle", "non_saturating"] = "saddle"
+    generator_loss: Literal["saddle", "non_saturating"] = "non_saturating"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
 
@@ -106,7 +106,7 @@ class OptimConfig(_Section):
 class RunConfig(_Section):
     """Length, seed, device, output and logging of a run."""
 
-    steps: int = Field(12000, ge=1)
+    steps: int = Field(8000, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
