@@ -13,16 +13,18 @@ with ``--divergences``, for every built-in divergence with the density critic at
 budget (``--short-steps``). Goals for the default run: mae <= 0.5, spearman >= 0.9, gap <= 0.5.
 
     python benchmarks/estimator_fidelity.py                       # default runs, 3 sets
-    python benchmarks/estimator_fidelity.py --divergences --short-steps 2000
+    python benchmarks/estimator_fidelity.py --divergences --short-steps 1000
     python benchmarks/estimator_fidelity.py --quick               # smoke run (300 steps)
 
-Runs go to a temporary directory; ``--json`` writes the figures. Timings are wall seconds on
+Runs go to a temporary directory; ``--json`` writes the figures (merged into the file when it
+exists, so the sets can run in separate processes: ``--sets ring8,gauss`` and ``--sets grid25``). Timings are wall seconds on
 whatever else the machine runs; steps/s is given too, to re-measure on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -112,12 +114,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of ring8,grid25,gauss")
     ap.add_argument("--divergences", action="store_true", help="also every built-in divergence, short runs")
-    ap.add_argument("--short-steps", type=int, default=2000, help="steps of each per-divergence run")
+    ap.add_argument("--short-steps", type=int, default=300, help="steps of each per-divergence run")
     ap.add_argument("--default-only", action="store_true", help="skip the default runs (with --divergences)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="300-step smoke run of everything asked for")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the runs under this directory (default: temporary)")
+    ap.add_argument("--default-steps", type=int, default=None,
+                    help="steps of the default runs (default: the configuration's; the table shows them)")
     args = ap.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
     bad = [s for s in sets if s not in SETS]
@@ -126,14 +131,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid_cfg = load_toml(ROOT / "configs" / "grid25.toml") if (ROOT / "configs" / "grid25.toml").exists() else {}
     results: dict[str, Any] = {"goals": GOALS, "default": {}, "divergences": {}, "seed": args.seed,
                                "load_average": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory(prefix="fgm-fidelity-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="fgm-fidelity-")) as tmp:
         print(HEADER, flush=True)
         if not args.default_only:
             for s in sets:
                 base = grid_cfg if s == "grid25" else {}
                 cfg = merge(merge(base, SETS[s]), {"run": {"seed": args.seed}})
-                if args.quick:
-                    cfg = merge(cfg, {"run": {"steps": 300}})
+                if args.quick or args.default_steps:
+                    cfg = merge(cfg, {"run": {"steps": 300 if args.quick else args.default_steps}})
                 r = one(cfg, Path(tmp), f"default-{s}", args.threads)
                 results["default"][s] = r
                 print(line(f"default {s}", r), flush=True)
@@ -157,8 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         met = {k: (r.get(k) is not None and (r[k] >= v if k == "spearman" else r[k] <= v)) for k, v in GOALS.items()}
         print(f"default {s}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'} (goal {'>=' if k == 'spearman' else '<='} "
                                             f"{GOALS[k]})" for k, ok in met.items()))
-    if args.json:
+    if args.json:  # merged into an existing file: sets can run in separate processes
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        for part in ("default", "divergences"):
+            results[part] = {**old.get(part, {}), **results[part]}
         args.json.write_text(json.dumps(results, indent=2, default=float))
     return results
 

@@ -2,7 +2,7 @@
 targets, and writes all figures to one JSON file.
 
     python benchmarks/run_all.py                          # everything (about 40 min on 2 cores)
-    python benchmarks/run_all.py --parts train,onnx       # some parts: train, vae, onnx, coverage
+    python benchmarks/run_all.py --parts train,onnx       # some parts: train, vae, onnx, coverage, fidelity
     python benchmarks/run_all.py --quick                  # smoke run of every part (a few minutes)
 
 Parts (each is also a script of its own, see benchmarks/README.md):
@@ -11,6 +11,9 @@ Parts (each is also a script of its own, see benchmarks/README.md):
 - ``onnx``: ``onnx_vs_torch.py`` for the ring8 MLP and the DCGAN generator: 4. ONNX Runtime vs eager.
 - ``coverage``: ``fgm compare`` with ``benchmarks/coverage/{ring8,grid25}.toml``, 5 seeds:
   5. mode coverage and wall time per seed.
+- ``fidelity``: ``estimator_fidelity.py``: the density estimator l(x) and the model likelihood
+  against the exact log p_D(x) on ring8, grid25 and a 2-D Gaussian (default runs, then every
+  built-in divergence with the density critic at a short budget).
 
 Each part runs in its own subprocess, one after the other (timings are only comparable on an
 otherwise idle machine; the load average is recorded). Output: ``--out`` (default
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import subprocess
@@ -32,7 +36,7 @@ from pathlib import Path
 from fgm_core.config import load_toml
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("train", "vae", "onnx", "coverage")
+PARTS = ("train", "vae", "onnx", "coverage", "fidelity")
 COVERAGE = ("ring8", "grid25")
 
 
@@ -77,6 +81,10 @@ def run_parts(args: argparse.Namespace, out: Path) -> dict:
             cmd += ["--divergences", cfg["divergence"]["name"], "--critic", cfg["critic"]["form"]]
             cmd += ["--steps", "300"] if q else []
             status[f"coverage_{ds}"] = "ok" if sh(cmd, out / f"coverage_{ds}.log") == 0 else "failed"
+    if "fidelity" in args.parts:
+        cmd = [py, str(HERE / "estimator_fidelity.py"), "--divergences", "--threads", "1",
+               "--json", str(out / "estimator_fidelity.json")] + (["--quick"] if q else [])
+        status["fidelity"] = "ok" if sh(cmd, out / "estimator_fidelity.log") == 0 else "failed"
     return status
 
 
@@ -136,6 +144,15 @@ def summarise(out: Path) -> list[dict]:
         add("5", f"mode coverage {ds}, {n} seeds ({runs[0]['divergence']}, {runs[0]['critic']} critic)", modes,
             f"{modes:.1f}/{total} modes, {100 * hq:.1f}% high quality, {wall:.0f} s per seed",
             f"{total}/{total} modes, >= 95% HQ, minutes per seed", modes >= total and hq >= 0.95)
+    fid = _load(out / "estimator_fidelity.json")
+    if fid:
+        goals = fid["goals"]
+        for ds, r in fid["default"].items():
+            ok = (r.get("mae", math.inf) <= goals["mae"] and r.get("spearman", -1) >= goals["spearman"]
+                  and r["gap"] <= goals["gap"])
+            add("F", f"density estimator fidelity, default run, {ds} ({r['steps']} steps)", r.get("mae"),
+                f"MAE {r.get('mae', math.nan):.2f} nats, Spearman {r.get('spearman', math.nan):.3f}, "
+                f"likelihood gap {r['gap']:.2f} nats", "MAE <= 0.5, Spearman >= 0.9, gap <= 0.5", ok)
     return rows
 
 

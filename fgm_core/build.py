@@ -176,7 +176,6 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         generator=m.generator, sigma=m.sigma, learn_sigma=m.learn_sigma, sigma_per_dim=m.sigma_per_dim,
         min_sigma=m.min_sigma, generator_loss=resolve_generator_loss(cfg, divergence),
         gradient_penalty=cfg.critic.gradient_penalty, density_estimator=cfg.critic.n_critic > 0,
-        self_normalise=cfg.critic.self_normalise,
     )
 
 

@@ -126,10 +126,6 @@ class CriticConfig(_Section):
     generator_loss: Literal["auto", "saddle", "non_saturating"] = "auto"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
-    #: density critic: weight of the self-normalising term E_pD[l] - integral of exp(l) in the
-    #: critic's objective (same maximiser as J, l = log p_D; anchors l where the model has no
-    #: mass). Its proposal is a kernel density of the batch: meant for low-dimensional data.
-    self_normalise: float = Field(0.0, ge=0.0)
 
 
 class OptimConfig(_Section):
@@ -140,7 +136,7 @@ class OptimConfig(_Section):
     critic_lr: float | None = Field(None, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "cosine", "linear", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "linear", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0.0)
     #: learning-rate multiplier for the generator's noise scale (a log-space parameter).

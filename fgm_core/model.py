@@ -20,8 +20,6 @@ from fgm_core.components import Divergence, Networks
 from fgm_core.errors import FGMError
 
 LOG_2PI = math.log(2 * math.pi)
-#: bandwidths (times the batch std) of the kernel components of the self-normalising term's proposal
-NORMALISER_SCALES = (1.0, 0.25, 0.0625, 0.015625)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -73,7 +71,6 @@ class FGMModel(nn.Module):
         generator_loss: str = "saddle",
         gradient_penalty: float = 0.0,
         density_estimator: bool = True,
-        self_normalise: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = networks.encoder
@@ -89,8 +86,6 @@ class FGMModel(nn.Module):
         self.min_sigma = min_sigma
         # False when the critic is never trained (n_critic = 0, the plain VAE): no log p_D(x)
         self.density_estimator = density_estimator
-        # weight of the self-normalising term E_pD[l] - integral of e^l (density critic only)
-        self.self_normalise = self_normalise if critic_form == "density" else 0.0
         shape = self.data_shape if sigma_per_dim else (1,) * len(self.data_shape)
         # sigma = min_sigma + exp(rho): positive, moves in log space, never below min_sigma.
         rho0 = math.log(max(sigma - min_sigma, 1e-6))
@@ -161,7 +156,6 @@ class FGMModel(nn.Module):
             with torch.no_grad() if critic_step else nullcontext():
                 extra_q = self._ratio_terms(x_data, z_q, log_q_data)
                 extra_p = self._ratio_terms(x_p, z_p, self.log_q(z_p, x_p), mean=mean_p)
-            samples["l_q"] = v_q
             v_q, v_p = v_q + extra_q.float(), v_p + extra_p.float()
         return v_q, v_p, samples
 
@@ -179,8 +173,6 @@ class FGMModel(nn.Module):
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
         loss = -objective
-        if self.self_normalise > 0:
-            loss = loss - self.self_normalise * self._normalisation_objective(x_data, samples["l_q"], noise["ref"])
         if self.gradient_penalty > 0:
             joint = self.critic_form == "joint"
             loss = loss + self.gradient_penalty * self._gradient_penalty(
@@ -237,36 +229,6 @@ class FGMModel(nn.Module):
             mean = self.decoder(z)
         log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach())
         return (log_q - standard_normal_log_prob(z) - log_px).mean()
-
-    def _normalisation_objective(self, x: Tensor, l_x: Tensor, eps: Tensor) -> Tensor:
-        """E_pD[l] - integral of exp(l): maximised exactly at l = log p_D, like J itself, so
-        adding it to the critic's objective keeps the critic's optimum; it gives l a signal
-        where the model puts no mass (where J's model side is silent and l drifts up).
-
-        The integral is importance-sampled from a proposal r built from the batch: row i
-        draws from its own component (deterministic mixture, one draw per row), a Gaussian
-        kernel on x_i with one of ``NORMALISER_SCALES`` bandwidths (the batch std divided by
-        4^k), or, every (len+1)-th row, a broad Gaussian (batch mean, twice the batch std);
-        r(x') = mean over rows of their component densities, so the estimate is unbiased.
-        """
-        xf = x.detach().flatten(1).float()
-        b, dim = xf.shape
-        mu = xf.mean(0)
-        sd = xf.std(0).clamp_min(1e-6) if b > 1 else torch.ones_like(mu)
-        n_scales = len(NORMALISER_SCALES)
-        comp = torch.arange(b, device=x.device) % (n_scales + 1)
-        broad = comp == n_scales
-        scale = torch.tensor(NORMALISER_SCALES + (2.0,), device=x.device, dtype=xf.dtype)[comp]
-        centre = torch.where(broad[:, None], mu, xf)
-        log_std = torch.log(scale[:, None] * sd)  # (B, D): each row's component
-        ref = centre + torch.exp(log_std) * eps.flatten(1).float()
-        # log r(ref_i) = logsumexp_j log N(ref_i; centre_j, std_j) - log B
-        r = (ref[:, None, :] - centre[None]) * torch.exp(-log_std)[None]
-        log_k = -0.5 * r.square().sum(-1) - log_std.sum(-1)[None] - 0.5 * dim * LOG_2PI
-        log_r = torch.logsumexp(log_k, 1) - math.log(b)
-        l_ref = self.critic(ref.view(-1, *x.shape[1:])).float()
-        integral = self.divergence.exp(l_ref - log_r).mean()
-        return l_x.mean() - integral
 
     def _gradient_penalty(self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None,
                           alpha: Tensor) -> Tensor:

@@ -223,8 +223,6 @@ class Trainer:
                 out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
             if self.cfg.critic.gradient_penalty > 0:
                 out["gp"] = torch.rand(b, **kw)
-            if self.model.self_normalise > 0:
-                out["ref"] = torch.randn(b, *self.info.shape, **kw)
         if self.world > 1:
             out = {k: v.view(self.world, -1, *v.shape[1:])[self.rank] for k, v in out.items()}
         return out

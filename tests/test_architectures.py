@@ -323,3 +323,22 @@ def test_gradient_penalty_double_backward(plugins, name, critic):
     ((norm - 1) ** 2).mean().backward()
     weights = [p for n, p in nets.critic.named_parameters() if n.endswith("weight")]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
+
+
+def test_mlp_fourier_critic_input(plugins):
+    """critic_fourier = n puts [x, sin(xB), cos(xB)], B ~ N(0, scale^2) of shape (D, n), in
+    front of the critic (any form); the default (0) leaves the critic on raw x."""
+    def first_in(nets):
+        return next(m for m in nets.critic.modules() if isinstance(m, torch.nn.Linear)).in_features
+
+    nets = build(plugins, "mlp", (2,), "vector", "density", {"critic_fourier": 64, "critic_fourier_scale": 5.0})
+    assert first_in(nets) == 2 + 2 * 64
+    freq = dict(nets.critic.named_buffers())["x_trunk.1.freq"]
+    assert freq.shape == (2, 64) and 3.5 < float(freq.std()) < 6.5  # N(0, 5^2), 128 draws
+    x = torch.tensor([[0.3, -0.2]])
+    h = x @ freq  # written out: raw x, then sines, then cosines of the projections
+    assert torch.allclose(nets.critic.x_trunk(x), torch.cat([x, torch.sin(h), torch.cos(h)], 1))
+    assert first_in(build(plugins, "mlp", (2,), "vector", "density")) == 2
+    assert first_in(build(plugins, "mlp", (2,), "vector", "joint", {"critic_fourier": 8})) == 2 + 16 + LATENT
+    with pytest.raises(FGMError, match="critic_fourier"):
+        build(plugins, "mlp", (2,), "vector", "density", {"critic_fourier": -1})

@@ -38,6 +38,7 @@ options = { hidden = 16, depth = 2 }
 name = "kl"
 [optim]
 batch_size = 64
+schedule = "constant"  # the resumed-to-200 run must follow the 200-step run's schedule
 [run]
 steps = 200
 progress = false

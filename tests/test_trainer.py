@@ -27,7 +27,8 @@ def tiny(tmp_path: Path, **over) -> dict:
         "data": {"dataset": "ring8", "options": {"n_train": 2000, "n_test": 500}},
         "model": {"latent_dim": 2, "options": {"hidden": 16, "depth": 2}},
         "divergence": {"name": "js"},
-        "optim": {"batch_size": 64},
+        # constant: a run resumed to more steps then follows the longer run's schedule exactly
+        "optim": {"batch_size": 64, "schedule": "constant"},
         "run": {"steps": 40, "out_dir": str(tmp_path), "progress": False, "tensorboard": False,
                 "checkpoint_every": 20, "log_every": 10, "eval_samples": 500},
     }
