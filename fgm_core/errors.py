@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import tokenize
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class FGMError(Exception):

@@ -14,18 +14,18 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fgm_core import __version__
+from fgm_core import __version__, env
 from fgm_core import distributed as dist
-from fgm_core import env
 from fgm_core.build import DataInfo, heavy_tailed_generator_loss, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
@@ -33,9 +33,24 @@ from fgm_core.errors import PLUGIN_FAILURES, FGMError, FGMWarning, Interrupted, 
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
-    lock_run_dir, naming, never_checkpointed, read_json, read_record, refuse_links, save_tensors, split_state,
-    truncate_rows, write_json,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    RunLock,
+    append_line,
+    atomic_write_text,
+    confined_file,
+    join_state,
+    load_tensors,
+    lock_run_dir,
+    naming,
+    never_checkpointed,
+    read_json,
+    read_record,
+    refuse_links,
+    save_tensors,
+    split_state,
+    truncate_rows,
+    write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256

@@ -19,7 +19,7 @@ import math
 
 from torch import nn
 
-from fgm_core.components import NetworkSpec, Networks
+from fgm_core.components import Networks, NetworkSpec
 from fgm_core.errors import FGMError
 from fgm_core.hookspecs import hookimpl
 
@@ -31,8 +31,8 @@ from .common import (
     Flatten,
     Option,
     Reshape,
-    mlp,
     SchemaArchitecture,
+    mlp,
 )
 
 SCHEMA: tuple[Option, ...] = (
