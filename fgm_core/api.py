@@ -23,7 +23,7 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
     preset_dicts = [plugins.preset(n) for n in names]
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
-    cfg = build_config(data, overrides, preset_dicts)
+    cfg = build_config(data, overrides, preset_dicts)  # type: ignore[arg-type]  # a str config became config_path
     if names:
         cfg.plugins = list(dict.fromkeys(cfg.plugins + names))
     check_plugin_names(cfg.plugins, plugins)

@@ -338,7 +338,7 @@ def _read_array(path: Path):
         raise FGMError(f"data file {path} not found", "check the path") from None
     except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
         raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
-    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
+    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:  # type: ignore[misc]  # mypy misreads a starred tuple
         raise FGMError(f"cannot read {path}: {e}", "give a numeric .npy, .npz or .csv file") from None
 
 
@@ -359,9 +359,9 @@ def _write_array(arr, out: Path | None, header: str) -> None:
     elif out.suffix == ".csv":
         import io
 
-        buf = io.StringIO()
-        np.savetxt(buf, arr, fmt="%.8g", delimiter=",", header=header, comments="")
-        atomic_write_bytes(out, buf.getvalue().encode())
+        text = io.StringIO()
+        np.savetxt(text, arr, fmt="%.8g", delimiter=",", header=header, comments="")
+        atomic_write_bytes(out, text.getvalue().encode())
     else:
         raise FGMError(f"unsupported output {out.name}", "use .npy or .csv")
 
@@ -632,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         raise SystemExit(e.exit_code) from None
     except click.ClickException as e:  # a malformed command line: one line too, status 2
-        hint = f"see `{e.ctx.command_path if getattr(e, 'ctx', None) else 'fgm'} --help`"
+        ctx = getattr(e, "ctx", None)  # UsageError carries the command's context, other ClickExceptions none
+        hint = f"see `{ctx.command_path if ctx else 'fgm'} --help`"
         click.echo(f"fgm: error: {' '.join(e.format_message().split())} ({hint})", err=True)
         raise SystemExit(e.exit_code) from None
     except FGMError as e:
@@ -641,9 +642,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"fgm: error: {e}", err=True)
         raise SystemExit(1) from None
     except _Stopped as s:  # SIGINT / SIGTERM honoured: one line, exit 128 + the signal (130, 143)
-        e = s.args[0]
-        click.echo(f"fgm: {e}", err=True)
-        raise SystemExit(128 + e.signum) from None
+        stop = s.args[0]
+        click.echo(f"fgm: {stop}", err=True)
+        raise SystemExit(128 + stop.signum) from None
     except KeyboardInterrupt:
         click.echo("fgm: interrupted", err=True)
         raise SystemExit(130) from None

@@ -74,7 +74,7 @@ class _Section(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
         # pydantic's lax mode reads true/false as 1/0; ``steps = true`` is a mistake, not 1 step
-        if isinstance(v, bool) and _is_number_type(cls.model_fields[info.field_name].annotation):
+        if isinstance(v, bool) and _is_number_type(cls.model_fields[info.field_name].annotation):  # type: ignore[index]
             raise ValueError("expected a number, not true/false")
         return v
 

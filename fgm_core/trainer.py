@@ -112,6 +112,8 @@ class Trainer:
         #: what this resume changes, {key: (old, new)}; checked before any work (allowlist in config.py)
         self.changes = {}
         if resume:
+            if run_dir is None:
+                raise ValueError("resume needs the run directory")
             where = Path(run_dir) / "config.json"
             self.changes = resume_changes(validate(read_json(where), str(where)), cfg, Path(run_dir))
         self.device = resolve_device(cfg.run.device)
@@ -139,7 +141,7 @@ class Trainer:
         m = self.model
         gen_params = [p for n, p in m.named_parameters() if not n.startswith("critic.") and n != "rho"]
         o = cfg.optim
-        groups = [{"params": gen_params}]
+        groups: list[dict[str, Any]] = [{"params": gen_params}]
         if isinstance(m.rho, torch.nn.Parameter):  # the noise scale moves in log space, faster
             groups.append({"params": [m.rho], "lr": o.lr * o.sigma_lr_scale, "weight_decay": 0.0})
         fused = self.device.type in ("cpu", "cuda")
@@ -184,8 +186,8 @@ class Trainer:
         self.step += 1
         if not cfg.critic.n_critic:  # the plain VAE: no critic step, no estimate of J
             return {"loss_generator": g.loss.detach(), "critic_data": g.critic_data}
-        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,
-                "critic_data": c.critic_data, "critic_model": c.critic_model}
+        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,  # type: ignore[dict-item]
+                "critic_data": c.critic_data, "critic_model": c.critic_model}  # type: ignore[dict-item]
 
     def _update(self, opt: torch.optim.Optimizer, loss: Tensor, params, who: str) -> None:
         params = list(params)
@@ -230,7 +232,7 @@ class Trainer:
         (same generator, same state) and keeps its rows, as for the data. ``model_side =
         False``: only the posterior noise (a step that samples nothing from the model)."""
         b, d = self.train_rows(), self.cfg.model.latent_dim
-        kw = {"generator": self.gen, "device": self.device}
+        kw: dict[str, Any] = {"generator": self.gen, "device": self.device}
         if not model_side:
             out = {"z_eps": torch.randn(b, d, **kw)}
         else:

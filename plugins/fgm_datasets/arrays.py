@@ -40,7 +40,7 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
             raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
                        "never loaded", "save a numeric array: np.save(path, x.astype(np.float32))") from None
         raise _err(path, f"is not a valid NumPy file ({e})", "write it with np.save / np.savez") from None
-    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:
+    except (*NPY_LOAD_ERRORS, zipfile.BadZipFile) as e:  # type: ignore[misc]  # mypy misreads a starred tuple
         if isinstance(e, PermissionError):
             raise _err(path, "permission denied", "fix its permissions") from None
         raise _err(path, f"is not a valid NumPy file ({type(e).__name__}: {e})",
