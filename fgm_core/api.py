@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from fgm_core.config import (
-    IMAGE_DEFAULTS, DataConfig, FGMConfig, deep_merge, kind_defaults, merge_layers, validate,
+    IMAGE_DEFAULTS,
+    DataConfig,
+    FGMConfig,
+    deep_merge,
+    kind_defaults,
+    merge_layers,
+    validate,
 )
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
@@ -25,7 +31,7 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     plugins = plugins or get_plugins(extra_local=local or None, near=config_path.parent if config_path else None)
     preset_dicts = [plugins.preset(n) for n in names]
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
-    layers = merge_layers(data, overrides, preset_dicts)
+    layers = merge_layers(data, overrides, preset_dicts)  # type: ignore[arg-type]  # a str config became config_path
     conv = IMAGE_DEFAULTS["model"]["architecture"] in plugins.components.get("architectures", {})
     defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv)
     cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
@@ -55,7 +61,8 @@ def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, 
     """(kind, item shape) of the dataset the layers name, from its factory's optional ``peek``
     (see :data:`fgm_core.components.DatasetFactory`) without loading it; (None, None) when the
     dataset is unknown or does not say."""
-    section = layers.get("data") if isinstance(layers.get("data"), dict) else {}
+    section = layers.get("data")
+    section = section if isinstance(section, dict) else {}
     name = section.get("dataset", DataConfig.model_fields["dataset"].default)
     options = section.get("options") or {}
     try:

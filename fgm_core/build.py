@@ -151,7 +151,8 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
                        "set model.generator = \"gaussian\" or use critic.form = \"joint\"/\"marginal\"")
     comp = plugins.get("architectures", cfg.model.architecture)
     arch = comp.factory()
-    spec = NetworkSpec(info.shape, info.kind, cfg.model.latent_dim, cfg.critic.form, dict(cfg.model.options))
+    spec = NetworkSpec(info.shape, info.kind, cfg.model.latent_dim, cfg.critic.form,  # type: ignore[arg-type]
+                       dict(cfg.model.options))
     why = arch.check(spec)
     if why:
         raise FGMError(why, "pick another architecture (see `fgm plugins`) or dataset/critic")

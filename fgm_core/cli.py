@@ -371,9 +371,9 @@ def _write_array(arr, out: Path | None, header: str) -> None:
     elif out.suffix == ".csv":
         import io
 
-        buf = io.StringIO()
-        np.savetxt(buf, arr, fmt="%.8g", delimiter=",", header=header, comments="")
-        atomic_write_bytes(out, buf.getvalue().encode())
+        text = io.StringIO()
+        np.savetxt(text, arr, fmt="%.8g", delimiter=",", header=header, comments="")
+        atomic_write_bytes(out, text.getvalue().encode())
     else:
         raise FGMError(f"unsupported output {out.name}", "use .npy or .csv")
 
@@ -574,7 +574,6 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
                 n_samples: int, threads: int | None, out: Path, runs_dir: Path | None, quiet: bool) -> None:
     """Train the same networks with each divergence (and seed) and write a report."""
     from fgm_core.compare import compare, markdown_table
-
     from fgm_core.divspec import split_list
 
     divs = split_list(divergences)
@@ -649,7 +648,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         raise SystemExit(e.exit_code) from None
     except click.ClickException as e:  # a malformed command line: one line too, status 2
-        hint = f"see `{e.ctx.command_path if getattr(e, 'ctx', None) else 'fgm'} --help`"
+        ctx = getattr(e, "ctx", None)  # UsageError carries the command's context, other ClickExceptions none
+        hint = f"see `{ctx.command_path if ctx else 'fgm'} --help`"
         _say("error", f"{' '.join(e.format_message().split())} ({hint})")
         raise SystemExit(e.exit_code) from None
     except FGMError as e:
@@ -658,9 +658,9 @@ def main(argv: list[str] | None = None) -> None:
         _say("error", str(e))
         raise SystemExit(1) from None
     except _Stopped as s:  # SIGINT / SIGTERM honoured: one line, exit 128 + the signal (130, 143)
-        e = s.args[0]
-        click.echo(f"fgm: {e}", err=True)
-        raise SystemExit(128 + e.signum) from None
+        stop = s.args[0]
+        click.echo(f"fgm: {stop}", err=True)
+        raise SystemExit(128 + stop.signum) from None
     except KeyboardInterrupt:
         click.echo("fgm: interrupted", err=True)
         raise SystemExit(130) from None

@@ -186,7 +186,7 @@ class Architecture(ABC):
             net.eval()
             for module in list(net.modules()):
                 if parametrize.is_parametrized(module):
-                    for pname in list(module.parametrizations.keys()):
+                    for pname in list(module.parametrizations.keys()):  # type: ignore[union-attr,operator]
                         parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
         return out
 

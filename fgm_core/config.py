@@ -74,7 +74,7 @@ class _Section(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
         # pydantic's lax mode reads true/false as 1/0; ``steps = true`` is a mistake, not 1 step
-        if isinstance(v, bool) and _is_number_type(cls.model_fields[info.field_name].annotation):
+        if isinstance(v, bool) and _is_number_type(cls.model_fields[info.field_name].annotation):  # type: ignore[index]
             raise ValueError("expected a number, not true/false")
         return v
 
@@ -360,7 +360,8 @@ def kind_defaults(kind: str | None, shape: tuple[int, ...] | None, layers: dict[
     conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2]
                                                  and shape[1] in (28, 32, 64)))
     out = json.loads(json.dumps(IMAGE_DEFAULTS if conv else IMAGE_MLP_DEFAULTS))
-    model = layers.get("model") if isinstance(layers.get("model"), dict) else {}
+    model = layers.get("model")
+    model = model if isinstance(model, dict) else {}
     if "architecture" in model or "options" in model:
         del out["model"]["architecture"], out["model"]["options"]
     return out

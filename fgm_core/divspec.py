@@ -38,7 +38,9 @@ class DivergenceSpec:
 
 def split_list(text: str) -> list[str]:
     """Split ``kl,alpha:0.5,custom:"(u-1)**2/(u+1)"`` at the commas outside quotes and brackets."""
-    parts, cur, depth, quote = [], [], 0, ""
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote

@@ -7,8 +7,8 @@ non-zero exit; tracebacks appear only with ``--debug``.
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class FGMError(Exception):

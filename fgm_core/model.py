@@ -150,11 +150,11 @@ class FGMModel(nn.Module):
         z_q = samples.get("z_q")
         joint = self.critic_form == "joint"
         # one critic call on both batches (critics hold no batch statistics)
-        v = self.critic(torch.cat([x_data, x_p]), torch.cat([z_q, z_p]) if joint else None).float()
+        v = self.critic(torch.cat([x_data, x_p]), torch.cat([z_q, z_p]) if joint else None).float()  # type: ignore[list-item]
         v_q, v_p = v[: x_data.shape[0]], v[x_data.shape[0]:]
         if self.critic_form == "density":
             with torch.no_grad() if critic_step else nullcontext():
-                extra_q = self._ratio_terms(x_data, z_q, log_q_data)
+                extra_q = self._ratio_terms(x_data, z_q, log_q_data)  # type: ignore[arg-type]
                 extra_p = self._ratio_terms(x_p, z_p, self.log_q(z_p, x_p), mean=mean_p)
             v_q, v_p = v_q + extra_q.float(), v_p + extra_p.float()
         return v_q, v_p, samples
@@ -244,7 +244,7 @@ class FGMModel(nn.Module):
         else:
             out = self.critic(x_hat)
         grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
-        norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads) + 1e-12)
+        norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads) + 1e-12)  # type: ignore[arg-type]
         return ((norm - 1) ** 2).mean()
 
     # ------------------------------------------------------------------ likelihood (model units)

@@ -19,7 +19,6 @@ from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet, get_plugins
 from fgm_core.storage import confined_file, load_tensors, read_json
 
-
 #: Most importance samples per row: the estimate's error falls as 1/sqrt(K), so beyond this
 #: only the cost grows (a million network evaluations per row).
 MAX_K = 1_000_000

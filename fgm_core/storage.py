@@ -279,7 +279,7 @@ def export_problem(folder: Path) -> str | None:
     except (OSError, ValueError):
         m = None
     files = m.get("files") if isinstance(m, dict) else None
-    if not isinstance(files, dict) or not isinstance(m.get("exporter"), str):
+    if not isinstance(files, dict) or not isinstance(m.get("exporter"), str):  # type: ignore[union-attr]
         return f"it has no fgm {MANIFEST}"
     extra = [n for n in _entries(folder) if n not in files and n != MANIFEST]
     if extra:

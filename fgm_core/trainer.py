@@ -12,19 +12,20 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fgm_core import __version__
+from fgm_core import __version__, env
 from fgm_core import distributed as dist
-from fgm_core import env
 from fgm_core.build import DataInfo, heavy_tailed_generator_loss, load_data, make_model
 from fgm_core.components import DataBundle
 from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
@@ -32,9 +33,24 @@ from fgm_core.errors import PLUGIN_FAILURES, FGMError, FGMWarning, Interrupted, 
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 from fgm_core.storage import (
-    FORMAT_VERSION, LOCK_FILE, RunLock, append_line, atomic_write_text, confined_file, join_state, load_tensors,
-    lock_run_dir, naming, never_checkpointed, read_json, read_record, refuse_links, save_tensors, split_state,
-    truncate_rows, write_json,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    RunLock,
+    append_line,
+    atomic_write_text,
+    confined_file,
+    join_state,
+    load_tensors,
+    lock_run_dir,
+    naming,
+    never_checkpointed,
+    read_json,
+    read_record,
+    refuse_links,
+    save_tensors,
+    split_state,
+    truncate_rows,
+    write_json,
 )
 
 #: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
@@ -96,6 +112,8 @@ class Trainer:
         #: what this resume changes, {key: (old, new)}; checked before any work (allowlist in config.py)
         self.changes = {}
         if resume:
+            if run_dir is None:
+                raise ValueError("resume needs the run directory")
             where = Path(run_dir) / "config.json"
             self.changes = resume_changes(validate(read_json(where), str(where)), cfg, Path(run_dir))
         self.device = resolve_device(cfg.run.device)
@@ -123,7 +141,7 @@ class Trainer:
         m = self.model
         gen_params = [p for n, p in m.named_parameters() if not n.startswith("critic.") and n != "rho"]
         o = cfg.optim
-        groups = [{"params": gen_params}]
+        groups: list[dict[str, Any]] = [{"params": gen_params}]
         if isinstance(m.rho, torch.nn.Parameter):  # the noise scale moves in log space, faster
             groups.append({"params": [m.rho], "lr": o.lr * o.sigma_lr_scale, "weight_decay": 0.0})
         fused = self.device.type in ("cpu", "cuda")
@@ -168,8 +186,8 @@ class Trainer:
         self.step += 1
         if not cfg.critic.n_critic:  # the plain VAE: no critic step, no estimate of J
             return {"loss_generator": g.loss.detach(), "critic_data": g.critic_data}
-        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,
-                "critic_data": c.critic_data, "critic_model": c.critic_model}
+        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,  # type: ignore[dict-item]
+                "critic_data": c.critic_data, "critic_model": c.critic_model}  # type: ignore[dict-item]
 
     def _update(self, opt: torch.optim.Optimizer, loss: Tensor, params, who: str) -> None:
         params = list(params)
@@ -214,7 +232,7 @@ class Trainer:
         (same generator, same state) and keeps its rows, as for the data. ``model_side =
         False``: only the posterior noise (a step that samples nothing from the model)."""
         b, d = self.train_rows(), self.cfg.model.latent_dim
-        kw = {"generator": self.gen, "device": self.device}
+        kw: dict[str, Any] = {"generator": self.gen, "device": self.device}
         if not model_side:
             out = {"z_eps": torch.randn(b, d, **kw)}
         else:
@@ -246,97 +264,123 @@ class Trainer:
         bar: Progress | None = None
         old = _install_stop(self)
         try:
-            if self.resume:
-                refuse_links(self.run_dir)
-                self._on_rank0(self._lock_run_dir)
-                self.load_checkpoint()
-                self._apply_optim_settings()
-                self._on_rank0(self._record_resume)
-            else:
-                self._on_rank0(self._start_run_dir)
-            logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
-                                   upto=self.step if self.resume else None)
-            bar = Progress(cfg.run.steps, self.step,
-                           enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
-            totals: dict[str, Tensor] = {}
-            count = 0
+            self._open_run()
+            logger, bar = self._reporters(progress)
+            window = _StatsWindow()
             t0 = time.perf_counter()
             while self.step < cfg.run.steps and not self._stopping():
-                try:
-                    stats = self.train_step()
-                except (FGMError, NonFiniteLoss):
-                    raise
-                except PLUGIN_FAILURES as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
-                    import traceback
-
-                    files = [Path(fr.filename).resolve() for fr in traceback.extract_tb(e.__traceback__)]
-                    who = []
-                    for kind, name in (("architectures", cfg.model.architecture), ("divergences", cfg.divergence.name)):
-                        plugin = self.plugins.plugin_of(kind, name)
-                        mod = self.plugins.pm.get_plugin(plugin)
-                        home = Path(getattr(mod, "__file__", None) or "/nonexistent").resolve()
-                        if home.name == "__init__.py" or "." in getattr(mod, "__name__", ""):
-                            home = home.parent  # a package (or a module in one): any of its files
-                        if any(f == home or home in f.parents for f in files):
-                            who.append(f"{kind[:-1]} {name!r} (plugin {plugin!r})")
-                    if not who:
-                        raise  # not from a plugin: an internal error, with its traceback under --debug
-                    kept = (f"the last checkpoint (step {self.last_checkpoint}) is intact: fix the plugin, then "
-                            f"`fgm train --resume {self.run_dir}`" if self.last_checkpoint else "no checkpoint was written")
-                    raise PluginError(f"training step {self.step + 1} failed in {' / '.join(who)}: "
-                                      f"{type(e).__name__}: {' '.join(str(e).split())}; {kept}",
-                                      "fix or update the plugin, or report it to its author") from e
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0) + v
-                count += 1
+                window.add(self._step_naming_plugin())
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
-                    clamped = self.model.divergence.pop_clamped()
-                    if self.world > 1:  # averaged over the processes too (clamped entries: summed)
-                        totals, clamped = self._reduce_stats(totals, clamped)
-                    row = {k: float(v) / count for k, v in totals.items()}
-                    row.update(step=self.step, time=round(time.perf_counter() - t0, 3),
-                               f_prime_at_1=self.model.divergence.f_prime_at_1,
-                               clamped=clamped,
-                               sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
-                               lr=self.opt_g.param_groups[0]["lr"])
+                    row = self._log_row(window, time.perf_counter() - t0)
                     logger.log(row)
                     bar.update(self.step, row)
-                    totals, count = {}, 0
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save_checkpoint()
                 if on_step is not None:
                     on_step(self)
             bar.close()
             logger.close()
-            if self.step != self.last_checkpoint:
-                self.save_checkpoint()
-            if self._stop:
-                name = signal.Signals(self._stop).name
-                raise Interrupted(f"interrupted ({name}) at step {self.step}; checkpoint written: continue with "
-                                  f"`fgm train --resume {self.run_dir}`", self._stop, self.step)
-            if self.rank == 0:
-                self.finish()
-            dist.barrier()
-            return self.run_dir
-        except NonFiniteLoss as e:
+            return self._close_run()
+        except BaseException as e:
             self._cleanup_failed()
-            raise FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
-                           "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp") from None
-        except OSError as e:  # disk full, permissions: name the file and what is kept
-            self._cleanup_failed()
-            if not (self._created or self.resume):
-                raise  # no run directory yet (e.g. --out is a file): the CLI names the path
-            raise FGMError(f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then "
-                           "run it again") from None
-        except BaseException:
-            self._cleanup_failed()
-            raise
+            error = self._failure_error(e)
+            if error is None:
+                raise
+            raise error from None
         finally:
             for b in (bar, logger):
                 if b is not None:
                     b.close()
             _restore_signals(old)
             self._unlock()
+
+    def _open_run(self) -> None:
+        """Lock and load the run directory to resume, or create a new one."""
+        if self.resume:
+            refuse_links(self.run_dir)
+            self._on_rank0(self._lock_run_dir)
+            self.load_checkpoint()
+            self._apply_optim_settings()
+            self._on_rank0(self._record_resume)
+        else:
+            self._on_rank0(self._start_run_dir)
+
+    def _reporters(self, progress: bool | None) -> tuple[MetricsLogger, Progress]:
+        """The metrics log (appending after the resumed step) and the progress bar; both only on process 0."""
+        cfg = self.cfg
+        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
+                               upto=self.step if self.resume else None)
+        bar = Progress(cfg.run.steps, self.step,
+                       enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
+        return logger, bar
+
+    def _step_naming_plugin(self) -> dict[str, Tensor]:
+        """:meth:`train_step`, turning an exception raised inside a plugin into a :class:`PluginError`."""
+        try:
+            return self.train_step()
+        except (FGMError, NonFiniteLoss):
+            raise
+        except PLUGIN_FAILURES as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
+            who = self._blame(e)
+            if not who:
+                raise  # not from a plugin: an internal error, with its traceback under --debug
+            kept = (f"the last checkpoint (step {self.last_checkpoint}) is intact: fix the plugin, then "
+                    f"`fgm train --resume {self.run_dir}`" if self.last_checkpoint else "no checkpoint was written")
+            raise PluginError(f"training step {self.step + 1} failed in {' / '.join(who)}: "
+                              f"{type(e).__name__}: {' '.join(str(e).split())}; {kept}",
+                              "fix or update the plugin, or report it to its author") from e
+
+    def _blame(self, e: BaseException) -> list[str]:
+        """The plugins (architecture, divergence) whose files appear in ``e``'s traceback."""
+        files = [Path(fr.filename).resolve() for fr in traceback.extract_tb(e.__traceback__)]
+        who = []
+        for kind, name in (("architectures", self.cfg.model.architecture), ("divergences", self.cfg.divergence.name)):
+            plugin = self.plugins.plugin_of(kind, name)
+            mod = self.plugins.pm.get_plugin(plugin)
+            home = Path(getattr(mod, "__file__", None) or "/nonexistent").resolve()
+            if home.name == "__init__.py" or "." in getattr(mod, "__name__", ""):
+                home = home.parent  # a package (or a module in one): any of its files
+            if any(f == home or home in f.parents for f in files):
+                who.append(f"{kind[:-1]} {name!r} (plugin {plugin!r})")
+        return who
+
+    def _log_row(self, window: _StatsWindow, elapsed: float) -> dict[str, Any]:
+        """The metrics row of the steps since the last one (means), and empties ``window``."""
+        totals, count = window.take()
+        clamped = self.model.divergence.pop_clamped()
+        if self.world > 1:  # averaged over the processes too (clamped entries: summed)
+            totals, clamped = self._reduce_stats(totals, clamped)
+        row: dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
+        row.update(step=self.step, time=round(elapsed, 3),
+                   f_prime_at_1=self.model.divergence.f_prime_at_1,
+                   clamped=clamped,
+                   sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
+                   lr=self.opt_g.param_groups[0]["lr"])
+        return row
+
+    def _close_run(self) -> Path:
+        """The last checkpoint, then :class:`Interrupted` after a stop request, or the final files."""
+        if self.step != self.last_checkpoint:
+            self.save_checkpoint()
+        if self._stop:
+            name = signal.Signals(self._stop).name
+            raise Interrupted(f"interrupted ({name}) at step {self.step}; checkpoint written: continue with "
+                              f"`fgm train --resume {self.run_dir}`", self._stop, self.step)
+        if self.rank == 0:
+            self.finish()
+        dist.barrier()
+        return self.run_dir
+
+    def _failure_error(self, e: BaseException) -> FGMError | None:
+        """The one-line error that replaces ``e`` (a NaN loss, a disk or permission error), or None: re-raise ``e``."""
+        if isinstance(e, NonFiniteLoss):
+            return FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
+                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, "
+                            "or lower divergence.max_exp")
+        if isinstance(e, OSError) and (self._created or self.resume):  # disk full, permissions: name the file
+            return FGMError(f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then "
+                            "run it again")
+        return None  # without a run directory yet (e.g. --out is a file) the CLI names the path of an OSError
 
     def _kept(self) -> str:
         if self.last_checkpoint is None:
@@ -604,6 +648,25 @@ def check_format(meta: Any, where: Path) -> None:
     if v != FORMAT_VERSION:
         raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
                        "use the fgm version that wrote it, or retrain")
+
+
+class _StatsWindow:
+    """Sums of the training statistics of the steps since the last metrics row."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        for k, v in stats.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        self.count += 1
+
+    def take(self) -> tuple[dict[str, Tensor], int]:
+        """The sums and the number of steps, and start a new window."""
+        out = self.totals, self.count
+        self.totals, self.count = {}, 0
+        return out
 
 
 class NonFiniteLoss(Exception):

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from fgm_core.components import Networks, unshare_parametrized_classes
 from fgm_core.errors import FGMError
+from fgm_core.model import FGMModel
 
 FORMAT_VERSION = 2  # the manifest's format; fgm_onnx.runtime.FORMAT_VERSION reads it
 DEFAULT_OPSET = 18
@@ -72,7 +73,7 @@ def _gauss_logp(x: Tensor, mean: Tensor, log_std: Tensor, dims: int) -> Tensor:
 class _Base(nn.Module):
     """Holds the export copy of the model and the data scaling as constants."""
 
-    def __init__(self, model: nn.Module, shift: float, scale: float, dims: int) -> None:
+    def __init__(self, model: FGMModel, shift: float, scale: float, dims: int) -> None:
         super().__init__()
         self.model = model
         self.eval()  # a wrapper starts in training mode; an exporter restoring it would flip the model too
@@ -181,7 +182,7 @@ class GraphSpec:
     exporter: str = ""
 
 
-def _has_log_density(model: nn.Module) -> bool:
+def _has_log_density(model: FGMModel) -> bool:
     return model.generator == "gaussian" and bool(getattr(model.divergence, "strictly_convex", True))
 
 
@@ -190,7 +191,7 @@ def _real(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def graph_specs(run: Any, model: nn.Module) -> list[GraphSpec]:
+def graph_specs(run: Any, model: FGMModel) -> list[GraphSpec]:
     """The graphs of a run: export modules on ``model``; references take the model to use."""
     info = run.info
     shape = [int(s) for s in info.shape]
@@ -260,7 +261,7 @@ def graph_specs(run: Any, model: nn.Module) -> list[GraphSpec]:
 
 
 # --------------------------------------------------------------------------- the export copy
-def export_copies(run: Any) -> tuple[nn.Module, nn.Module]:
+def export_copies(run: Any) -> tuple[FGMModel, FGMModel]:
     """(export model, reference model): CPU copies in eval mode; the run is not touched.
 
     The export model's networks went through the architecture's ``prepare_export`` (for
@@ -291,7 +292,7 @@ def export_copies(run: Any) -> tuple[nn.Module, nn.Module]:
 
 
 # --------------------------------------------------------------------------- inputs for parity
-def _inputs(spec: GraphSpec, batch: int, k: int, model: nn.Module, sc: Any, g: torch.Generator) -> dict[str, Tensor]:
+def _inputs(spec: GraphSpec, batch: int, k: int, model: FGMModel, sc: Any, g: torch.Generator) -> dict[str, Tensor]:
     """Realistic inputs: x drawn from the model itself (data units), z and eps standard normal."""
     d = model.latent_dim
     feeds: dict[str, Tensor] = {}
@@ -338,6 +339,8 @@ def _torch_export(spec: GraphSpec, example: dict[str, Tensor], path: Path, opset
         prog = torch.onnx.export(spec.module, args, None, input_names=names_in, output_names=names_out,
                                  dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
                                  verbose=False)
+        if prog is None:  # dynamo=True always returns the program
+            raise FGMError("torch.onnx.export returned no ONNX program", "update torch")
         prog.save(str(path), external_data=False)
     else:
         axes = {n: {i: s for i, s in enumerate(shape) if s in (BATCH, K)} for n, shape in spec.inputs + spec.outputs}
@@ -371,7 +374,7 @@ def _fix_io(model_proto: Any, spec: GraphSpec) -> None:
                     dim.dim_value = int(want)
 
 
-def divergence_entry(run: Any, model: nn.Module) -> dict[str, Any]:
+def divergence_entry(run: Any, model: FGMModel) -> dict[str, Any]:
     """The divergence as exports record it: its ``describe()``, the configured ``params`` and
     ``spec``, the name with its parameters as ``fgm train -d`` takes it (``alpha:0.5``)."""
     from fgm_core.divspec import config_label
@@ -381,7 +384,7 @@ def divergence_entry(run: Any, model: nn.Module) -> dict[str, Any]:
             "spec": config_label(run.config, get_plugins())}
 
 
-def metadata(run: Any, model: nn.Module, role: str, opset: int) -> dict[str, str]:
+def metadata(run: Any, model: FGMModel, role: str, opset: int) -> dict[str, str]:
     """The ``fgm.*`` metadata every graph carries (values are strings; structures are JSON)."""
     from fgm_core import __version__
 
@@ -403,7 +406,7 @@ def metadata(run: Any, model: nn.Module, role: str, opset: int) -> dict[str, str
     }
 
 
-def float64_copy(ref: nn.Module) -> nn.Module | None:
+def float64_copy(ref: FGMModel) -> FGMModel | None:
     """A float64 copy of the reference model (None when its networks cannot be converted)."""
     try:
         return copy.deepcopy(ref).double()
@@ -434,7 +437,7 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a[finite].astype(np.float64) - b[finite]).max()) if finite.any() else 0.0
 
 
-def _parity(spec: GraphSpec, path: Path, model: nn.Module, ref: nn.Module, ref64: nn.Module | None, sc: Any,
+def _parity(spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: FGMModel | None, sc: Any,
             tol: Tolerance) -> bool:
     """Run the saved graph with onnxruntime (CPU) at several batch sizes and judge every output
     against a float64 evaluation of the model (see :class:`Tolerance`). Fills ``spec.max_abs_diff``
@@ -462,11 +465,11 @@ def _parity(spec: GraphSpec, path: Path, model: nn.Module, ref: nn.Module, ref64
         cases.append((batch, t32, t64, got))
     use64 = ref64 is not None
     for i, (name, _) in enumerate(spec.outputs):
-        e32 = max(_max_abs(c[1][i], c[2][i]) for c in cases) if use64 else 0.0
+        e32 = max(_max_abs(c[1][i], c[2][i]) for c in cases if c[2] is not None) if use64 else 0.0
         allowed = tol.atol + tol.factor * e32
         worst = worst_ref = 0.0
         for batch, t32, t64, got in cases:
-            e, o = (t64 if use64 else t32)[i], got[i]
+            e, o = (t64 if use64 and t64 is not None else t32)[i], got[i]
             if e.shape != o.shape:
                 raise FGMError(f"ONNX parity failed: {spec.role} output {name!r} has shape {o.shape} at batch {batch}, "
                                f"PyTorch gives {e.shape}", "report this as an fgm exporter bug")
@@ -486,8 +489,8 @@ def _parity(spec: GraphSpec, path: Path, model: nn.Module, ref: nn.Module, ref64
     return use64
 
 
-def export_graph(spec: GraphSpec, run: Any, model: nn.Module, path: Path, opset: int, exporter: str,
-                 ref: nn.Module | None = None, ref64: nn.Module | None = None,
+def export_graph(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opset: int, exporter: str,
+                 ref: FGMModel | None = None, ref64: FGMModel | None = None,
                  tol: Tolerance | None = None) -> bool:
     """Export, annotate, save as one self-contained file, check, and verify parity.
 
@@ -511,7 +514,7 @@ def export_graph(spec: GraphSpec, run: Any, model: nn.Module, path: Path, opset:
     return attempt(exporter)
 
 
-def _export_checked(spec: GraphSpec, run: Any, model: nn.Module, path: Path, opset: int, exporter: str) -> None:
+def _export_checked(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opset: int, exporter: str) -> None:
     """Export one graph with one torch exporter, annotate it, save it and run the ONNX checker."""
     import onnx
 
@@ -598,7 +601,7 @@ def _io_entry(name: str, shape: list[Any], role: str, critic: str) -> dict[str, 
     return {"name": name, "shape": list(shape), "dtype": "float32", "doc": _io_doc(role, name, critic)}
 
 
-def sampling_contract(model: nn.Module, info: Any, clip: bool) -> dict[str, Any]:
+def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
     """How to draw the graphs' noise, and the rule ``fgm sample --seed`` and the runtime follow."""
     from fgm_onnx.runtime import SAMPLE_BLOCK, SCORE_BLOCK
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from fgm_core.components import NetworkSpec, Networks
+from fgm_core.components import Networks, NetworkSpec
 from fgm_core.errors import FGMError
 from fgm_core.hookspecs import hookimpl
 
@@ -33,8 +33,8 @@ from .common import (
     Flatten,
     Option,
     Reshape,
-    mlp,
     SchemaArchitecture,
+    mlp,
 )
 
 SCHEMA: tuple[Option, ...] = (
@@ -65,13 +65,15 @@ class FourierFeatures(nn.Module):
     In the js game (saddle loss) such a critic wins outright and the generator collapses, so
     the features are opt-in (see benchmarks/README.md, "Density estimator fidelity")."""
 
+    freq: torch.Tensor
+
     def __init__(self, dim: int, n: int, scale: float) -> None:
         super().__init__()
         self.register_buffer("freq", scale * torch.randn(dim, n))
 
     @property
     def out_features(self) -> int:
-        return self.freq.shape[0] + 2 * self.freq.shape[1]
+        return int(self.freq.shape[0] + 2 * self.freq.shape[1])
 
     def forward(self, x):
         h = x @ self.freq

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fgm_core.components import NetworkSpec, Networks
+from fgm_core.components import Networks, NetworkSpec
 from fgm_core.hookspecs import hookimpl
 
 from .common import (

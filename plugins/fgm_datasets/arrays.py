@@ -18,7 +18,6 @@ from fgm_core.tables import CSV_SUFFIXES, NUMPY_READ_ERRORS, read_csv
 from .common import Options, check_finite, check_request, make_bundle, parse_options, split_indices
 
 
-
 class ArrayOptions(Options):
     path: str = Field(description=".npy, .npz or .csv file")
     key: str | None = Field(None, description=".npz: array name (default: the first)")

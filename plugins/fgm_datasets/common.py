@@ -21,7 +21,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-O = TypeVar("O", bound=Options)
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 
 def accepted(cls: type[Options]) -> str:
@@ -32,7 +32,7 @@ def accepted(cls: type[Options]) -> str:
     return ", ".join(parts)
 
 
-def parse_options(dataset: str, cls: type[O], options: dict[str, Any] | None) -> O:
+def parse_options(dataset: str, cls: type[OptionsT], options: dict[str, Any] | None) -> OptionsT:
     """Validate ``options`` against ``cls``; the first problem becomes one FGMError line."""
     if options is None:
         options = {}

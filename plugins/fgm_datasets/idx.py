@@ -81,7 +81,7 @@ def idx(request: DataRequest) -> DataBundle:
     check_request("idx", request)
     opts = parse_options("idx", IdxOptions, request.options)
     default = opts.path is None
-    directory = (DEFAULT_DIR if default else Path(opts.path)).expanduser()
+    directory = (DEFAULT_DIR if default else Path(opts.path)).expanduser()  # type: ignore[arg-type]
     names = ", ".join(f"{b}[.gz]" for b in FILES.values())
     install = "; for the default, `apt-get install dataset-fashion-mnist`" if default else ""
     if not directory.is_dir():
@@ -103,7 +103,7 @@ def idx(request: DataRequest) -> DataBundle:
                            "check the files are MNIST-format images and labels")
         if len(x) != len(y):
             raise FGMError(f"dataset 'idx': {len(x)} {split} images but {len(y)} labels",
-                           f"check {paths[f'{split}_images'].name} and {paths[f'{split}_labels'].name}")
+                           f"check {paths[f'{split}_images'].name} and {paths[f'{split}_labels'].name}")  # type: ignore[union-attr]
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise FGMError(f"dataset 'idx': train images are {arrays['train_images'].shape[1:]}, test images "
                        f"{arrays['test_images'].shape[1:]}", "use matching train and t10k files")

@@ -78,7 +78,7 @@ def make_custom(max_exp: float = 40.0, **params: Any) -> DerivedDivergence:
     if not isinstance(name, str):
         raise FGMError(f"divergence 'custom': name must be a string, got {name!r}", 'e.g. name = "my_kl"')
     f = parse_formula(formula)
-    return from_f(f, name=name, offset=float(offset), max_exp=_check_max_exp(max_exp), formula=f.formula)
+    return from_f(f, name=name, offset=float(offset), max_exp=_check_max_exp(max_exp), formula=f.formula)  # type: ignore[attr-defined]
 
 
 make_custom.main_param = "formula"  # type: ignore[attr-defined]  # custom:"(u-1)**2/(u+1)"
