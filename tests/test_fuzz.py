@@ -20,6 +20,7 @@ preloaded), so a case costs a fork plus the command itself. The hypothesis profi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -223,7 +224,11 @@ def test_checkpoint_weights_of_other_networks_name_the_file(run, model, work):
     d = case_dir(work)
     tag = json.loads((model[0] / "checkpoint.json").read_text())["tag"]
     copy = damaged_copy(model[0], d / "run", f"checkpoints/{tag}.model.safetensors", b"")
-    save_file({"a": torch.zeros(2)}, str(copy / f"checkpoints/{tag}.model.safetensors"))
+    weights = copy / f"checkpoints/{tag}.model.safetensors"
+    save_file({"a": torch.zeros(2)}, str(weights))
+    ptr = json.loads((copy / "checkpoint.json").read_text())  # a well-recorded file of other networks
+    ptr["sha256"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (copy / "checkpoint.json").write_text(json.dumps(ptr))
     check_error(run(["train", "--resume", copy, "--steps", "6"], d), f"{tag}.model.safetensors",
                 "does not match the run's networks")
 
@@ -683,6 +688,9 @@ def test_what_the_battery_found(run, model, work):
     at = graph.index(b"fgm.role")
     graph[at + 14] ^= 0xFF  # inside the metadata entries' text
     (exp / "density.onnx").write_bytes(bytes(graph))
+    manifest = json.loads((exp / "manifest.json").read_text())  # recorded, so only the load can object
+    manifest["files"]["density.onnx"] = hashlib.sha256(bytes(graph)).hexdigest()
+    (exp / "manifest.json").write_text(json.dumps(manifest))
     check_error(run(["score", exp, d / "ok.npy", "--density", "--device", "cpu"], d), "cannot load", "density.onnx")
     # a float64 datum beyond float32's range: one line, not numpy's overflow warning on stderr
     (d / "far.csv").write_text("0.0,3.4028235677973366e+38\n")
