@@ -114,8 +114,14 @@ def resume_check(size: dict, device: str, work: Path):
 
     steps = size["default"]["steps"]
     half = max(1, steps // 2)
-    full = fgm.train(_config("default", size, device, "fp32", work, "resume-full"), progress=False)
-    part = fgm.train(_config("default", size, device, "fp32", work, "resume-part", steps=half), progress=False)
+    # a constant learning rate: a schedule spans run.steps, so a run stopped at `half` steps and
+    # resumed to `steps` would follow another schedule than the uninterrupted one
+    full_cfg = _config("default", size, device, "fp32", work, "resume-full")
+    part_cfg = _config("default", size, device, "fp32", work, "resume-part", steps=half)
+    for c in (full_cfg, part_cfg):
+        c.setdefault("optim", {})["schedule"] = "constant"
+    full = fgm.train(full_cfg, progress=False)
+    part = fgm.train(part_cfg, progress=False)
     resumed = fgm.train(resume=part.path, overrides=[f"run.steps={steps}"], progress=False)
     a, b = load_file(str(full.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
     diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)

@@ -37,7 +37,7 @@ def cfg(out: Path, name: str, data: dict, steps: int = 100, **extra) -> dict:
         "data": data,
         "model": {"latent_dim": 2, "options": SMALL_MLP},
         "divergence": {"name": "kl"},
-        "optim": {"batch_size": 128},
+        "optim": {"batch_size": 128, "schedule": "constant"},
         "run": {"steps": steps, "out_dir": str(out), "progress": False, "tensorboard": False, "threads": 1,
                 "eval_samples": 200, "name": name, "checkpoint_every": 100000},
     }

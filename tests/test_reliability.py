@@ -51,7 +51,7 @@ def tiny(out_dir: Path, name: str | None = None, steps: int = STEPS, every: int 
         "data": {"dataset": "ring8", "options": {"n_train": 2000, "n_test": 200}},
         "model": {"architecture": "mlp", "latent_dim": 2, "options": {"hidden": 16, "depth": 2}},
         "divergence": {"name": "kl"},
-        "optim": {"batch_size": 64},
+        "optim": {"batch_size": 64, "schedule": "constant"},
         "run": {"steps": steps, "seed": 7, "checkpoint_every": every, "threads": 1, "device": "cpu",
                 "tensorboard": False, "progress": False, "eval_samples": 200, "out_dir": str(out_dir),
                 "name": name},

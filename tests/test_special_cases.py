@@ -114,7 +114,7 @@ def test_trained_kl_run_matches_a_plain_vae(plugins, tmp_path):
     steps, batch = 400, 128
     cfg = {"data": {"dataset": "ring8", "options": {"n_train": 4096, "n_test": 1024}},
            "model": {"latent_dim": 2, "options": {"hidden": 32, "depth": 2}},
-           "divergence": {"name": "kl"}, "optim": {"batch_size": batch, "lr": 2e-3},
+           "divergence": {"name": "kl"}, "optim": {"batch_size": batch, "lr": 2e-3, "schedule": "constant"},
            "run": {"steps": steps, "out_dir": str(tmp_path), "progress": False, "tensorboard": False,
                    "checkpoint_every": steps, "seed": 3}}
     run = fgm.train(cfg, progress=False, plugins=plugins)
