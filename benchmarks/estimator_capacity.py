@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fgm_core.metrics import estimator_fidelity, mixture_log_density
+from fgm_report.metrics import estimator_fidelity, mixture_log_density
 
 
 def mixture(name: str) -> tuple[torch.Tensor, float]:

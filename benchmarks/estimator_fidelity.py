@@ -36,8 +36,8 @@ import torch
 
 from fgm_core.api import train
 from fgm_core.config import load_toml
-from fgm_core.evaluate import mixture_negative_entropy
-from fgm_core.metrics import data_mixture, estimator_fidelity, mixture_log_density, mixture_metrics
+from fgm_report.evaluate import mixture_negative_entropy
+from fgm_report.metrics import data_mixture, estimator_fidelity, mixture_log_density, mixture_metrics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -66,7 +66,7 @@ def collapse_run(base: dict[str, Any], out: Path, k: int, n_samples: int) -> dic
     """kl trained without ``REMOVED``, evaluated on all ten classes."""
     import fgm_core as fgm
     from fgm_core.config import deep_merge
-    from fgm_core.evaluate import evaluate, load_test_bundle
+    from fgm_report.evaluate import evaluate, load_test_bundle
 
     keep = [c for c in range(10) if c not in REMOVED]
     cfg = deep_merge(base, {"data": {"options": {"classes": keep}}, "divergence": {"name": "kl"},
@@ -110,7 +110,7 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
 
 def verdict_table(summary: dict[str, Any]) -> list[str]:
     """Per row and class: on how many seeds the detector calls the class collapsed."""
-    from fgm_core.compare import _label
+    from fgm_report.compare import _label
 
     rows: dict[str, dict[str, int]] = {}
     seeds: dict[str, int] = {}
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=None, help="samples per evaluation (2500; 200 quick)")
     args = ap.parse_args(argv)
 
-    from fgm_core.compare import compare, merge, write_report
+    from fgm_report.compare import compare, merge, write_report
 
     seeds = args.seeds or (1 if args.quick else 3)
     k = args.k or (2 if args.quick else 100)

@@ -210,7 +210,7 @@ def measure(args: argparse.Namespace, impl: str, batch: int) -> dict:
     for name in list(logging.root.manager.loggerDict):  # pythae logs every epoch at INFO
         if name.startswith("pythae"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    plugins = PluginSet(only=["divergences", "mlp", "datasets"], strict=True)
+    plugins = PluginSet(only=["divergences", "mlp", "datasets", "report"], strict=True)
     data, _ = data_config(args)
     bundle = load_data(build_config({"data": data}), plugins)
     train, test = (bundle.scaling.to_model(t).float() for t in (bundle.train, bundle.test))  # as fgm trains

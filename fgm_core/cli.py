@@ -15,6 +15,7 @@ import click
 from fgm_core import __version__, env
 from fgm_core.config import MAX_SEED
 from fgm_core.errors import FGMError, FGMWarning, Interrupted, os_error_text
+from fgm_core.plugins import get_plugins
 
 
 class _FilePath(click.Path):
@@ -56,8 +57,6 @@ class Ctx:
     def plugins(self, named: tuple[str, ...] = (), **kw: Any):
         """The plugin set; failures are warnings, except those of ``named`` plugins (the
         command uses them, so their failure is its one error line)."""
-        from fgm_core.plugins import get_plugins
-
         ps = get_plugins(self.policy, strict=self.strict or None, **kw)
         used = {ps.infos[n].error for n in named if n in ps.infos}
         for msg in ps.failures:
@@ -406,10 +405,8 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, clip: bo
     x = np.asarray(model.sample(n, seed=seed, noise=not mean, **({} if clip is None else {"clip": clip})))
     if out.suffix == ".npy":
         _write_array(x, out, "")
-    else:
-        from fgm_core.plots import save_array_plot
-
-        save_array_plot(x, model, out)
+    elif get_plugins().write_samples(x, model, out) is None:
+        raise FGMError(f"no plugin writes {out.suffix} files", "enable the report plugin, or use -o samples.npy")
     click.echo(f"wrote {n} samples to {out}")
 
 
@@ -489,129 +486,6 @@ def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None,
     for g in manifest.get("graphs", []):
         if isinstance(g, dict):
             click.echo(f"  {g.get('file', g.get('role'))}: parity max |diff| {g.get('max_abs_diff', '?')}")
-
-
-# --------------------------------------------------------------------------- evaluate / plot / compare
-@cli.command("evaluate")
-@click.argument("path", type=PATH)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples per held-out row.")
-@click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
-@click.option("--test", "n_test", type=int, default=2000, show_default=True, help="Held-out rows scored.")
-@click.option("--threshold", type=float, default=None, help="Gap threshold in nats (default log 10).")
-@click.option("--full-data", "full", is_flag=True,
-              help="Evaluate against the full dataset (drop data.options.modes and classes).")
-@click.option("--set-data", "data_sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a data option for the held-out data, e.g. --set-data limit=500.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
-@click.option("-o", "--out", type=PATH, help="Also write the JSON result here.")
-@click.option("--threads", type=int, default=None, help="Threads for an export's onnxruntime session or a run's torch.")
-@click.pass_obj
-def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
-                 full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None, threads: int | None) -> None:
-    """Evaluate a run or an export directory on held-out data: mixture metrics, likelihood,
-    image scores and per-mode collapse detection."""
-    from fgm_core.config import parse_value
-    from fgm_core.evaluate import GAP_THRESHOLD, evaluate, format_report, load_test_bundle, open_model
-
-    if k < 1 or n_samples < 1 or n_test < 1:
-        raise FGMError("-k, --samples and --test must be positive", "use values of 1 or more")
-    obj.plugins()
-    if threads is not None and threads < 1:
-        raise FGMError(f"--threads must be at least 1, got {threads}", "use --threads 1 or more")
-    model = open_model(path, device="cpu", threads=threads)
-    options = {}
-    for item in data_sets:
-        if "=" not in item:
-            raise FGMError(f"--set-data {item!r} has no '='", "write --set-data key=value")
-        key, _, val = item.partition("=")
-        options[key.strip()] = parse_value(val.strip())
-    bundle = load_test_bundle(model, options, ("modes", "classes") if full else ())
-    res = evaluate(model, bundle, k=k, n_samples=n_samples, n_test=n_test, seed=seed,
-                   threshold=GAP_THRESHOLD if threshold is None else threshold, classifier=not no_classifier)
-    res["path"] = str(path)
-    if out is not None:
-        from fgm_core.storage import write_json
-
-        write_json(out, res)
-    click.echo(json.dumps(res, indent=2) if as_json else format_report(res))
-
-
-@cli.command("plot")
-@click.argument("run_dir", type=PATH)
-@click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/plots).")
-@click.pass_obj
-def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
-    """Draw samples, 2-D density heatmaps and training curves of RUN_DIR as PNGs."""
-    from fgm_core.plots import plot_run
-
-    obj.plugins()
-    for p in plot_run(run_dir, out):
-        click.echo(f"wrote {p}")
-
-
-@cli.command("compare")
-@click.option("--divergences", required=True,
-              help='Comma-separated divergences, with parameters as name:value, e.g. kl,alpha:0.5,alpha:2,'
-                   'custom:"(u-1)**2/(u+1)".')
-@click.option("--critic", "critics", default="density", show_default=True,
-              help="Critic form(s), comma-separated: density, joint, marginal.")
-@click.option("--config", "-c", "config", type=PATH, help="Base run configuration (TOML).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
-@click.option("--dataset", help="Shortcut for --set data.dataset=...")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per divergence.")
-@click.option("--steps", type=int, help="Training steps per run.")
-@click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples for the likelihood.")
-@click.option("--samples", "n_samples", type=int, default=2500, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs).")
-@click.option("-o", "--out", "out", type=PATH, default=Path("report"), show_default=True,
-              help="Report directory.")
-@click.option("--runs-dir", type=PATH, help="Where the runs go (default REPORT_DIR/runs).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@click.pass_obj
-def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset, seeds: int, steps: int | None, k: int,
-                n_samples: int, threads: int | None, out: Path, runs_dir: Path | None, quiet: bool) -> None:
-    """Train the same networks with each divergence (and seed) and write a report."""
-    from fgm_core.compare import compare, markdown_table
-    from fgm_core.divspec import split_list
-
-    divs = split_list(divergences)
-    crits = [c.strip() for c in critics.split(",") if c.strip()]
-    bad = [c for c in crits if c not in ("density", "joint", "marginal")]
-    if bad:
-        raise FGMError(f"unknown critic form {bad[0]!r}", "use density, joint or marginal")
-    overrides = _overrides(sets, dataset, None, None, None, steps, None, None, None, None)
-    obj.plugins()
-    summary = compare(divs, crits, seeds, out, base=config, overrides=overrides, k=k, n_samples=n_samples,
-                      progress=not quiet, threads=threads, runs_dir=runs_dir)
-    click.echo(markdown_table(summary))
-    click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
-
-
-@cli.command("tune")
-@click.argument("search", type=click.Path(path_type=Path))
-@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="Base run configuration (TOML).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
-@click.option("--trials", type=int, default=None, help="Finished trials wanted in the study (default: tune.trials).")
-@click.option("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db).")
-@click.option("--study-name", default=None, help="Study name (default: the search file's name); reuse it to resume.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("tune"), show_default=True,
-              help="Output directory: best.toml, history.png, trials.json, runs/.")
-@click.pass_obj
-def tune_cmd(obj: Ctx, search: Path, config, sets, trials: int | None, storage: str | None, study_name: str | None,
-             out: Path) -> None:
-    """Search the run configuration with Optuna over the space in SEARCH (TOML); resumable."""
-    from fgm_core.tune import tune
-
-    if trials is not None and trials < 1:
-        raise FGMError(f"--trials must be at least 1, got {trials}", "use --trials 1 or more")
-    obj.plugins()
-    res = tune(search, out, config=config, overrides=list(sets), storage=storage, study_name=study_name,
-               trials=trials, echo=click.echo)
-    click.echo(f"best trial {res['best_trial']}: objective {res['best_value']:.4g} with {res['best_params']} "
-               f"({res['complete']} complete, {res['pruned']} pruned of {res['trials']})")
-    click.echo(f"wrote {res['best_toml']} (train it: fgm train -c {res['best_toml']}) and {res['history_png']}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -701,8 +575,6 @@ def _with_plugin_commands() -> None:
         return
     _commands_added = True
     try:
-        from fgm_core.plugins import get_plugins
-
         get_plugins().add_commands(cli)
     except FGMError:
         pass  # reported again by the command that needs plugins

@@ -71,3 +71,24 @@ def plugin_preset(settings: dict[str, Any]) -> dict[str, Any] | None:
     over the defaults and under the user's config file and command-line overrides.
     Called only for the plugin named by ``--plugin``.
     """
+
+
+@hookspec
+def run_finished(run, bundle) -> dict[str, Any] | None:
+    """Extra fields for ``summary.json`` when a training run finishes.
+
+    ``run`` is the finished :class:`fgm_core.run.Run` (final weights loaded), ``bundle`` the
+    :class:`fgm_core.components.DataBundle` it trained on. Return a flat dict (JSON values) that
+    is merged into the summary, or None; a plugin may also write files into ``run.path``. Called
+    on process 0 only; an exception is recorded in the summary as ``<plugin>_error`` and never
+    loses the finished run. The built-in ``report`` plugin adds mixture metrics, the held-out
+    likelihood and ``samples.png`` here.
+    """
+
+
+@hookspec(firstresult=True)
+def write_samples(samples, model, path) -> Any:
+    """Write ``samples`` (a numpy array in data units) of ``model`` to ``path`` in a format the
+    core does not write itself (``fgm sample -o samples.png``); return the path written, or None
+    when this plugin does not handle ``path``'s suffix. The ``report`` plugin writes PNG images.
+    """

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -437,6 +437,28 @@ class PluginSet:
                 impl.function(cli=cli)
             except PLUGIN_FAILURES as e:  # noqa: BLE001
                 self._fail(impl.plugin_name, "raised in register_commands", e)
+
+    def run_finished(self, run: Any, bundle: Any) -> dict[str, Any]:
+        """The summary fields every plugin's ``run_finished`` adds (a failing plugin adds ``<name>_error``)."""
+        out: dict[str, Any] = {}
+        for impl in reversed(self.pm.hook.run_finished.get_hookimpls()):
+            try:
+                fields = cast("dict[str, Any] | None", impl.function(run=run, bundle=bundle))
+            except PLUGIN_FAILURES as e:  # noqa: BLE001 - a report failure must not lose a finished run
+                out[f"{impl.plugin_name}_error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                continue
+            out.update(fields or {})
+        return out
+
+    def write_samples(self, samples: Any, model: Any, path: Path) -> Path | None:
+        """Write ``samples`` to ``path`` through the first plugin that handles its suffix (None if none does)."""
+        try:
+            written = self.pm.hook.write_samples(samples=samples, model=model, path=path)
+        except FGMError:
+            raise
+        except PLUGIN_FAILURES as e:  # noqa: BLE001
+            raise PluginError(f"writing {path.name} failed: {type(e).__name__}: {e}", "check the plugin that writes it") from e
+        return None if written is None else Path(written)
 
     def resolved(self) -> list[dict[str, str]]:
         """Name, version and source of every loaded plugin, for run directories and exports."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -213,34 +212,3 @@ class Run:
                 eps = torch.randn(k, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)
             out.append(self.model.log_density(xb, eps))
         return torch.cat(out).cpu() + self.info.scaling.log_det(self.info.dims)
-
-    # ------------------------------------------------------------------ a quick look after training
-    def quick_evaluation(self, bundle=None) -> dict[str, Any]:
-        """Summary written after training: mixture metrics on 2-D data, held-out likelihood."""
-        t0 = time.perf_counter()
-        out: dict[str, Any] = {"step": None}
-        n = self.config.run.eval_samples
-        samples = self.sample(n, seed=self.config.run.seed + 1)
-        if self.info.mixture is not None:
-            from fgm_core.metrics import mixture_metrics
-
-            out.update(mixture_metrics(samples, torch.tensor(self.info.mixture["means"]),
-                                       torch.tensor(self.info.mixture["stds"])))
-        if bundle is not None and self.model.generator == "gaussian":
-            images = len(self.info.shape) > 1  # keep the after-training look cheap for conv nets
-            test = bundle.test[: 256 if images else 2000]
-            ll = self.log_likelihood(test, k=16 if images else 50)
-            out["test_log_likelihood_k"] = 16 if images else 50
-            out["test_log_likelihood"] = float(ll.mean())
-            if len(self.info.shape) > 1:
-                out["test_bits_per_dim"] = float(-ll.mean() / (self.info.dims * math.log(2)))
-        try:
-            from fgm_core.plots import save_samples
-
-            if len(self.info.shape) > 1:  # pixel noise hides image samples: show generator means
-                samples = self.sample(64, seed=self.config.run.seed + 1, noise=False)
-            out["samples_plot"] = str(save_samples(self, samples, self.path / "samples.png"))
-        except Exception as e:  # noqa: BLE001 - a plot failure must not lose a finished run
-            out["samples_plot_error"] = str(e)
-        out["eval_seconds"] = round(time.perf_counter() - t0, 2)
-        return out

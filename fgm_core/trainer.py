@@ -32,6 +32,7 @@ from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, 
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, FGMWarning, Interrupted, PluginError, os_error_text
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
+from fgm_core.run import Run
 from fgm_core.storage import (
     FORMAT_VERSION,
     LOCK_FILE,
@@ -407,9 +408,8 @@ class Trainer:
         return dict(zip(keys, stats)), round(float(n) * self.world)
 
     def finish(self) -> None:
-        """Final weights at the top of the run directory, plus a summary and a sample plot."""
-        from fgm_core.run import Run
-
+        """Final weights at the top of the run directory, plus ``summary.json`` (the fields plugins
+        add through the ``run_finished`` hook)."""
         # fgm.json records the weights' sha256; until both are written it records none, so a
         # crash in between leaves a run that loads from its (identical) last checkpoint
         write_json(self.run_dir / "fgm.json", self._identity())
@@ -417,7 +417,9 @@ class Trainer:
                            metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)})
         write_json(self.run_dir / "fgm.json", {**self._identity(), "sha256": {"model.safetensors": sha}})
         run = Run(self.run_dir, self.cfg, self.model, self.info, self.plugins.resolved())
-        summary = run.quick_evaluation(self.bundle)
+        t0 = time.perf_counter()
+        summary: dict[str, Any] = {"step": None, **self.plugins.run_finished(run, self.bundle)}
+        summary["eval_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(self.run_dir / "summary.json", summary)
 
     # ------------------------------------------------------------------ run directory

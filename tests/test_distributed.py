@@ -135,7 +135,7 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     cfg, plugins = resolve_config({"run": {"out_dir": str(tmp_path)}}, ["optim.batch_size=64"], None,
-                                          PluginSet(only=["divergences", "mlp", "datasets"], strict=True))
+                                          PluginSet(only=["divergences", "mlp", "datasets", "report"], strict=True))
     with pytest.raises(FGMError, match="optim.batch_size 64 is not divisible by the 3 training processes"):
         Trainer(cfg, plugins)
     assert not any(tmp_path.iterdir())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fgm_core as fgm
-from fgm_core.evaluate import (
+from fgm_report.evaluate import (
     evaluate,
     frechet_distance,
     kmeans,
@@ -26,7 +26,7 @@ from fgm_core.evaluate import (
     mode_collapse,
     separated_mixture_negative_entropy,
 )
-from fgm_core.metrics import mixture_metrics
+from fgm_report.metrics import mixture_metrics
 
 FGM = str(Path(sys.executable).parent / "fgm")
 SMALL_MLP = {"hidden": 32, "depth": 2}

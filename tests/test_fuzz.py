@@ -53,7 +53,7 @@ TINY_NETS = [*TRAIN, "--set", "model.options.hidden=16", "--set", "model.options
              "optim.batch_size=32", "--set", "run.eval_samples=64", "--steps", "2"]
 TINY = [*TINY_NETS, "--set", "data.options.n_train=256", "--set", "data.options.n_test=64"]
 PRELOAD = ("import numpy, torch, onnxruntime, matplotlib.pyplot, fgm_core.api, fgm_core.run, fgm_core.trainer, "
-           "fgm_core.plots, fgm_onnx.runtime, fgm_onnx.export\n")
+           "fgm_report.plots, fgm_onnx.runtime, fgm_onnx.export\n")
 
 
 class FastRunner(Runner):

@@ -184,7 +184,7 @@ def test_image_defaults_by_data_kind(capsys, tmp_path):
 def test_image_defaults_learn_images(capsys, tmp_path):
     """The image defaults, on a small budget, give samples a classifier recognises: the Frechet
     distance in its features and the class-histogram KL fall well below an untrained model's."""
-    from fgm_core.evaluate import evaluate
+    from fgm_report.evaluate import evaluate
 
     idx = write_idx(tmp_path / "idx", 3000, 500)
     common = ["train", "-q", "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}', "--out",

@@ -19,7 +19,7 @@ BUILTINS = ["kl", "reverse_kl", "pearson", "neyman", "hellinger", "js", "gan", "
 
 @pytest.fixture(scope="module")
 def plugins() -> PluginSet:
-    return PluginSet(only=["divergences", "mlp", "datasets"], strict=True)
+    return PluginSet(only=["divergences", "mlp", "datasets", "report"], strict=True)
 
 
 def tiny_model(plugins: PluginSet, divergence: str = "kl", critic: str = "density", dim: int = 2,

@@ -40,7 +40,7 @@ def tiny(tmp_path: Path, **over) -> dict:
 
 @pytest.fixture(scope="module")
 def plugins() -> PluginSet:
-    return PluginSet(only=["divergences", "mlp", "datasets", "onnx"], strict=True)
+    return PluginSet(only=["divergences", "mlp", "datasets", "report", "onnx"], strict=True)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -108,7 +108,7 @@ def register_divergences(register):
 def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     mod = tmp_path / "nanplug.py"
     mod.write_text(NAN_PLUGIN)
-    ps = PluginSet(only=["divergences", "mlp", "datasets", "nanplug"], strict=True, extra_local={"nanplug": mod})
+    ps = PluginSet(only=["divergences", "mlp", "datasets", "report", "nanplug"], strict=True, extra_local={"nanplug": mod})
     cfg = tiny(tmp_path / "runs", run__name="boom", run__steps=100)
     cfg["divergence"]["name"] = "exploding"
     with pytest.raises(FGMError, match=r"non-finite .* loss at step \d+; the last good checkpoint is step 20"):
@@ -154,7 +154,7 @@ def test_likelihood_is_in_data_units(tmp_path, plugins):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FGM_NO_PROGRESS": "1", "FGM_PLUGINS": "divergences,mlp,datasets,onnx"}
+    env = {**os.environ, "FGM_NO_PROGRESS": "1", "FGM_PLUGINS": "divergences,mlp,datasets,onnx,report"}
     return subprocess.run([FGM, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -33,8 +33,13 @@ from typing import Any
 
 import torch
 
+from fgm_core.api import resolve_config
 from fgm_core.config import FGMConfig, deep_merge, dump_toml, load_toml, validate
 from fgm_core.errors import FGMError
+from fgm_core.run import Run
+from fgm_core.trainer import Trainer
+from fgm_report.metrics import data_mixture, estimator_fidelity, mixture_log_density, mixture_metrics
+from fgm_report.plots import _plt, _save
 
 #: what an objective may weigh (see the module docstring)
 METRICS = ("modes", "high_quality", "kl_to_uniform", "log_likelihood", "likelihood_gap", "estimator_error")
@@ -158,8 +163,6 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
 def measure(run: Any, bundle: Any, *, k: int, n_samples: int, n_test: int, seed: int = 0,
             need_density: bool = False) -> dict[str, float]:
     """The objective's metrics for a run on held-out data (what the objective may weigh)."""
-    from fgm_core.metrics import data_mixture, estimator_fidelity, mixture_log_density, mixture_metrics
-
     out: dict[str, float] = {}
     test = bundle.test[:n_test].float()
     mix = bundle.mixture
@@ -198,8 +201,6 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
          progress: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run (or resume) a study; write ``best.toml``, ``history.png`` and ``trials.json`` to ``out``."""
     optuna = require_optuna()
-    from fgm_core.api import resolve_config
-
     spec = parse_search(Path(search))
     if trials is not None:
         spec.trials = trials
@@ -222,9 +223,6 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
     need_density = "estimator_error" in spec.objective
 
     def objective(trial: Any) -> float:
-        from fgm_core.run import Run
-        from fgm_core.trainer import Trainer
-
         values = {d.key: d.suggest(trial) for d in spec.dims}
         data = trial_config(base, values)
         data["run"] = {**data["run"], "out_dir": str(out / "runs"), "name": f"trial-{trial.number:04d}",
@@ -300,8 +298,6 @@ def write_outputs(study: Any, out: Path, optuna: Any) -> dict[str, Any]:
 def plot_history(study: Any, path: Path, optuna: Any) -> Path:
     """Objective per trial (completed: dots; pruned: crosses at their last reported value)
     and the best value so far."""
-    from fgm_core.plots import _plt, _save
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     best, best_x, best_y = -math.inf, [], []

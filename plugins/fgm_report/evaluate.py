@@ -9,7 +9,7 @@ Metric definitions (all per held-out datum or per generated sample, data units):
 - ``test_log_likelihood``: mean importance-sampled log p_theta(x), nats, K = ``k``.
 - ``test_log_density``: mean of the density estimator's log p_D(x), nats.
 - ``test_bits_per_dim`` / ``test_density_bits_per_dim`` (images): -mean / (D log 2).
-- mixtures: the PacGAN protocol (:func:`fgm_core.metrics.mixture_metrics`) on ``n_samples``
+- mixtures: the PacGAN protocol (:func:`fgm_report.metrics.mixture_metrics`) on ``n_samples``
   samples (``modes_captured``, ``high_quality``, ``kl_to_uniform``; the same on the generator
   means G(z) with the noise off: ``*_means``, since a Gaussian generator's noise scale alone
   can push noisy samples past Mahalanobis 3 of a std-0.01 mode), and ``optimum_log_likelihood`` = -H(mixture) (Monte Carlo, exact density), the best
@@ -19,7 +19,7 @@ Metric definitions (all per held-out datum or per generated sample, data units):
   ``sharpness_means`` for the generator means, since pixel noise alone raises the score);
   ``reconstruction_mse`` = mean squared error per dimension between x and G(mu_q(x)) with
   images scaled to [0, 1] (data units otherwise).
-- images with labels: a local classifier (:mod:`fgm_core.classifier`, its
+- images with labels: a local classifier (:mod:`fgm_report.classifier`, its
   ``classifier_accuracy`` on the test split reported); ``class_kl`` = KL(class histogram of
   samples || class histogram of held-out data), ``class_kl_to_uniform``; ``frechet_distance``
   between Gaussian fits of the classifier's penultimate features of samples and held-out data.
@@ -38,7 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fgm_core.api import open_export
+from fgm_core.build import load_data
+from fgm_core.config import validate
 from fgm_core.errors import FGMError
+from fgm_core.plugins import get_plugins
+from fgm_core.run import Run
+from fgm_report.classifier import Classifier, get_classifier
+from fgm_report.metrics import mixture_log_density, mixture_metrics
 
 #: gap threshold in nats: the model gives a point at least e^T times less density than the
 #: density estimator (T = log 10: a tenfold shortfall).
@@ -65,14 +72,10 @@ def open_model(path: str | Path, device: str = "cpu", threads: int | None = None
     if not path.is_dir():
         raise FGMError(f"{path} is not a directory", "give a run directory or an export directory")
     if (path / "manifest.json").exists():
-        from fgm_core.api import open_export
-
         return open_export(path, device=device, **({"threads": threads} if threads else {}))
     if not (path / "fgm.json").exists():
         raise FGMError(f"{path} is neither a run directory nor an export directory",
                        "give the directory `fgm train` or `fgm export` wrote")
-    from fgm_core.run import Run
-
     if threads:
         torch.set_num_threads(threads)
     return Run.load(path, device=device)
@@ -80,8 +83,6 @@ def open_model(path: str | Path, device: str = "cpu", threads: int | None = None
 
 def model_config(model: Any):
     """The training configuration of a run or an export (from its manifest)."""
-    from fgm_core.config import validate
-
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "data"):
         return cfg
@@ -98,9 +99,6 @@ def load_test_bundle(model: Any, data_options: dict[str, Any] | None = None, dro
     ``data_options`` override ``data.options``; ``drop_options`` removes keys (e.g. ``modes``
     to evaluate a model trained on some modes against the full mixture).
     """
-    from fgm_core.build import load_data
-    from fgm_core.plugins import get_plugins
-
     cfg = model_config(model).model_copy(deep=True)
     opts = {k: v for k, v in cfg.data.options.items() if k not in drop_options}
     opts.update(data_options or {})
@@ -156,8 +154,6 @@ class _View:
 def mixture_negative_entropy(means: Tensor, stds: Tensor, weights: Tensor | None = None, n: int = 200_000,
                              seed: int = 0) -> float:
     """-H(mixture) = E_p[log p(x)], Monte Carlo over ``n`` exact draws with the exact density."""
-    from fgm_core.metrics import mixture_log_density
-
     means, stds = torch.as_tensor(means).double(), torch.as_tensor(stds).double()
     k = means.shape[0]
     w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
@@ -384,7 +380,7 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
 
     ``model``: a Run, an export runtime or a path to either. ``bundle``: the held-out data
     (default: reloaded from the model's recorded config). ``classifier``: True (train or
-    load the cached one), False, or a :class:`fgm_core.classifier.Classifier`.
+    load the cached one), False, or a :class:`fgm_report.classifier.Classifier`.
     """
     t0 = time.perf_counter()
     if isinstance(model, (str, Path)):
@@ -420,8 +416,6 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
 
     # mixtures
     if v.info.mixture is not None:
-        from fgm_core.metrics import mixture_metrics
-
         mix = v.info.mixture
         out.update(mixture_metrics(samples, torch.tensor(mix["means"]), torch.tensor(mix["stds"])))
         if v.generator == "gaussian":  # the same protocol on the generator means G(z), noise off
@@ -447,8 +441,6 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
 
     clf = None
     if is_image and labels is not None and classifier is not False:
-        from fgm_core.classifier import Classifier, get_classifier
-
         clf = classifier if isinstance(classifier, Classifier) else get_classifier(bundle, model_config(model))
         out["classifier_accuracy"] = clf.accuracy
         out["classifier_cached"] = clf.cached

@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fgm_core.storage import MAX_DATA_BYTES, confined_file, read_input, refuse_links
+from fgm_report.evaluate import open_model
+
 
 def _plt():
     import matplotlib
@@ -212,8 +215,6 @@ def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
-    from fgm_core.storage import MAX_DATA_BYTES, confined_file, read_input
-
     p = confined_file(Path(run_dir), "metrics.jsonl", Path(run_dir))
     if not p.exists():
         return []
@@ -256,9 +257,6 @@ def curves_figure(groups: dict[str, list[Path]], path: Path,
 
 def plot_run(run_dir: Path, out_dir: Path | None = None, n: int = 2500, seed: int = 0) -> list[Path]:
     """Samples, 2-D density heatmaps and training curves of one run (or export) directory."""
-    from fgm_core.evaluate import open_model
-    from fgm_core.storage import refuse_links
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "plots"
     model = open_model(run_dir)

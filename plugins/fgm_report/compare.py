@@ -16,8 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from fgm_core import divspec
+from fgm_core.api import resolve_config, train
 from fgm_core.errors import FGMError, Interrupted
+from fgm_core.run import Run
 from fgm_core.storage import read_json, remove_run_dir
+from fgm_report.evaluate import evaluate, load_test_bundle
+from fgm_report.plots import curves_figure, density_figure, samples_figure
 
 #: (key, header, format, scale) of the table columns, in order; missing keys are skipped.
 COLUMNS = [
@@ -89,10 +94,6 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
     config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``.
     Divergences are specs (:mod:`fgm_core.divspec`: ``kl``, ``alpha:0.5``); rows and runs are
     named by their labels."""
-    from fgm_core.api import resolve_config, train
-    from fgm_core.divspec import label, main_param, resolve, slug
-    from fgm_core.evaluate import evaluate, load_test_bundle
-
     critics = critics or ["density"]
     if not divergences:
         raise FGMError("no divergences to compare", "give --divergences kl,js,...")
@@ -104,9 +105,9 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
     base_cfg, plugins = resolve_config(base, overrides)
     labels = {}  # spec as given -> its label (alpha:0.5); unknown names and bad specs fail here
     for d in divergences:
-        name, params = resolve(d, {}, plugins)
+        name, params = divspec.resolve(d, {}, plugins)
         plugins.get("divergences", name)
-        labels[d] = label(name, params, main_param(plugins.get("divergences", name).factory))
+        labels[d] = divspec.label(name, params, divspec.main_param(plugins.get("divergences", name).factory))
     if len(set(labels.values())) < len(labels):
         twice = next(v for v in labels.values() if list(labels.values()).count(v) > 1)
         raise FGMError(f"divergence {twice!r} is given twice in --divergences", "give each divergence once")
@@ -123,7 +124,7 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
     old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         for d, c, s in jobs:
-            name = f"{slug(d)}-{c}-s{s}"
+            name = f"{divspec.slug(d)}-{c}-s{s}"
             if bar is not None:
                 bar.set_postfix_str(f"{name} training")
             ov = [f"divergence.name={json.dumps(d)}", "divergence.params={}", f"critic.form={json.dumps(c)}", f"run.seed={s}",
@@ -176,7 +177,7 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
         finished = sum("error" not in r for r in results)
         summary["interrupted"] = {"signal": signal.Signals(stop[0]).name, "where": stop[1], "runs_planned": len(jobs),
                                   "runs_finished": finished,
-                                  "not_run": [f"{slug(d)}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
+                                  "not_run": [f"{divspec.slug(d)}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
     (out / "results.json").write_text(json.dumps(summary, default=str))
     (out / "results.partial.json").unlink(missing_ok=True)
     write_report(summary, out)
@@ -240,9 +241,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path, str]]:
-    from fgm_core.plots import curves_figure, density_figure, samples_figure
-    from fgm_core.run import Run
-
     critics = summary["critics"]
     first: dict[str, dict[str, Any]] = {}
     groups: dict[str, list[Path]] = {}
@@ -296,7 +294,7 @@ def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = N
     md = [f"# {title}", "",
           f"Budget: {budget}.", "",
           f"Each cell: mean ± standard error over seeds. {n_samples} samples per run; held-out likelihood "
-          f"importance-sampled with K={k}. Metric definitions: `fgm_core/evaluate.py`.", "", table, "",
+          f"importance-sampled with K={k}. Metric definitions: `plugins/fgm_report/evaluate.py`.", "", table, "",
           *legend(summary), *extreme_note(summary)]
     collapsed = {}
     for r in ok:
@@ -456,9 +454,6 @@ def _html(md: str, out: Path) -> str:
 
 def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progress: bool = True) -> dict[str, Any]:
     """Evaluate the runs of an existing report again (current metrics) and rewrite the report."""
-    from fgm_core.evaluate import evaluate, load_test_bundle
-    from fgm_core.run import Run
-
     out = Path(out_dir)
     summary = read_json(out / "results.json")
     bundles: dict[int, Any] = {}

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fgm_core.errors import FGMError
+from fgm_core.storage import load_tensors, read_json, save_tensors, write_json
+
 VERSION = 1
 MAX_TRAIN = 20_000
 EPOCHS = 3
@@ -89,11 +92,7 @@ def _key(bundle: Any, cfg: Any) -> str:
 
 def get_classifier(bundle: Any, cfg: Any = None, cache: bool = True) -> Classifier:
     """The cached classifier for ``bundle`` (train it on first use)."""
-    from fgm_core.storage import load_tensors, read_json, save_tensors, write_json
-
     if bundle.train_labels is None or bundle.test_labels is None:
-        from fgm_core.errors import FGMError
-
         raise FGMError(f"dataset {bundle.name!r} has no labels", "the classifier metrics need labelled data")
     c, h, w = bundle.train.shape[1:]
     n_classes = int(max(int(bundle.train_labels.max()), int(bundle.test_labels.max())) + 1)
