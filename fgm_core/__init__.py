@@ -12,11 +12,10 @@ Public API::
     fgm.export(run, "export/")           # ONNX graphs (exporter plugin)
 """
 
-__version__ = "0.1.0"
-
 from fgm_core.api import export, latest_run, load_run, open_export, train  # noqa: E402
 from fgm_core.config import FGMConfig  # noqa: E402
 from fgm_core.errors import FGMError  # noqa: E402
 from fgm_core.run import Run  # noqa: E402
+from fgm_core.version import __version__
 
 __all__ = ["FGMConfig", "FGMError", "Run", "__version__", "export", "latest_run", "load_run", "open_export", "train"]

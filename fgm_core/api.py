@@ -17,9 +17,21 @@ from fgm_core.config import (
     merge_layers,
     validate,
 )
+from fgm_core.divspec import resolve
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 from fgm_core.plugins import PluginSet, get_plugins, split_presets
 from fgm_core.run import Run
+from fgm_core.storage import (
+    MANIFEST,
+    check_export_target,
+    check_format,
+    confined_file,
+    read_json,
+    replace_dir,
+    seal_export,
+    umask_mode,
+)
+from fgm_core.trainer import Trainer
 
 
 def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None,
@@ -36,8 +48,6 @@ def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None
     defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv)
     cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
     if ":" in cfg.divergence.name:  # a divergence spec such as alpha:0.5 (fgm_core.divspec)
-        from fgm_core.divspec import resolve
-
         name, params = resolve(cfg.divergence.name, cfg.divergence.params, plugins)
         cfg.divergence.name, cfg.divergence.params = name, params
     if names:
@@ -91,15 +101,10 @@ def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, over
     ``section.key=value`` strings; ``presets`` name plugins (or local module paths) whose
     preset applies; ``resume`` continues a stopped run directory bit for bit.
     """
-    from fgm_core.trainer import Trainer
-
     if resume is not None:
         resume = Path(resume)
         if not (resume / "config.json").exists():
             raise FGMError(f"cannot resume {resume}: no config.json there", "give a run directory that `fgm train` created")
-        from fgm_core.storage import read_json
-        from fgm_core.trainer import check_format
-
         check_format(read_json(resume / "fgm.json"), resume / "fgm.json")  # a run of another format version
         base = read_json(resume / "config.json")
         validate(base, str(resume / "config.json"))  # a damaged config.json is named as such
@@ -135,8 +140,6 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
     """
     import shutil
     import tempfile
-
-    from fgm_core.storage import check_export_target, replace_dir, seal_export, umask_mode
 
     run = run if isinstance(run, Run) else Run.load(run)
     plugins = get_plugins()
@@ -199,8 +202,6 @@ def _alive(pid: int) -> bool:
 def open_export(path: str | Path, device: str = "auto", **options: Any) -> Any:
     """Open an export directory with the exporter that wrote it (see its manifest); ``options``
     go to its runtime (ONNX: ``threads``, ``spinning``, ``rows_per_call``, ``clip``)."""
-    from fgm_core.storage import MANIFEST, confined_file, read_json
-
     path = Path(path)
     manifest = read_json(confined_file(path, MANIFEST, path))
     fmt = manifest.get("exporter") if isinstance(manifest, dict) else None

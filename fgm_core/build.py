@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fgm_core.components import DataBundle, DataRequest, Divergence, NetworkSpec, Scaling
-from fgm_core.config import FGMConfig
+from fgm_core.config import FGMConfig, check_device
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
@@ -187,3 +187,20 @@ def apply_spectral_norm(module: nn.Module) -> None:
     for sub in list(module.modules()):
         if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             spectral_norm(sub)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA, an unknown
+    device name or a GPU index that does not exist is an error."""
+    try:
+        check_device(name)
+    except ValueError as e:
+        raise FGMError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from e
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise FGMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                       f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)

@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from fgm_core import __version__, env
+from fgm_core import env
 from fgm_core.config import MAX_SEED
 from fgm_core.errors import FGMError, FGMWarning, Interrupted, os_error_text
 from fgm_core.plugins import get_plugins
+from fgm_core.version import __version__
 
 
 class _FilePath(click.Path):
@@ -566,18 +567,20 @@ def _say(kind: str, message: str) -> None:
     click.echo(f"fgm: {kind}: {text}", err=True)
 
 
-_commands_added = False
+_commands_from: list[Any] = []  # the plugin sets whose commands were added (one per policy in a process)
 
 
 def _with_plugin_commands() -> None:
-    global _commands_added
-    if _commands_added or env.flag("FGM_NO_PLUGIN_COMMANDS"):
+    """Add the commands of the current plugin set (again when the policy changed in this process)."""
+    if env.flag("FGM_NO_PLUGIN_COMMANDS"):
         return
-    _commands_added = True
     try:
-        get_plugins().add_commands(cli)
+        plugins = get_plugins()
     except FGMError:
-        pass  # reported again by the command that needs plugins
+        return  # reported again by the command that needs plugins
+    if not any(p is plugins for p in _commands_from):
+        _commands_from.append(plugins)
+        plugins.add_commands(cli)
 
 
 if __name__ == "__main__":  # python -m fgm_core.cli (what torchrun runs)

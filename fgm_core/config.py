@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fgm_core.errors import FGMError
+from fgm_core.storage import MAX_JSON_BYTES, read_input
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -264,8 +265,6 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def load_toml(path: Path) -> dict[str, Any]:
     try:
-        from fgm_core.storage import MAX_JSON_BYTES, read_input
-
         return tomllib.loads(read_input(Path(path), "config file", MAX_JSON_BYTES).decode())
     except FileNotFoundError:
         raise FGMError(f"config file {path} not found", "check the path given to --config") from None

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from fgm_core.config import parse_value
 from fgm_core.errors import FGMError
 
 SAFE = re.compile(r"[A-Za-z0-9._+-]")
@@ -63,8 +64,6 @@ def split_list(text: str) -> list[str]:
 
 
 def _value(text: str) -> Any:
-    from fgm_core.config import parse_value
-
     return parse_value(text.strip())
 
 

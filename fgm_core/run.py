@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fgm_core.build import DataInfo, make_model
+from fgm_core.build import DataInfo, make_model, resolve_device
 from fgm_core.config import FGMConfig, validate
 from fgm_core.errors import FGMError
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet, get_plugins
-from fgm_core.storage import confined_file, load_tensors, read_json
+from fgm_core.storage import check_format, checkpoint_files, confined_file, load_tensors, read_json
 
 #: Most importance samples per row: the estimate's error falls as 1/sqrt(K), so beyond this
 #: only the cost grows (a million network evaluations per row).
@@ -78,7 +78,6 @@ class Run:
         weights), and the components come from the installed plugins and the user's own
         policy, never from a ``plugins.toml`` or module inside the run directory.
         """
-        from fgm_core.trainer import check_format, checkpoint_files, resolve_device
 
         path = Path(path)
         if not path.is_dir():

@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fgm_core import __version__
 from fgm_core.errors import FGMError
+from fgm_core.version import __version__
 
 TEMPLATE = Path(__file__).parent / "templates" / "plugin"
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fgm_core.errors import FGMError
+from fgm_core.version import __version__
 
 FORMAT_VERSION = 2  # bump when run directories change incompatibly (2: sha256 of weights and checkpoints)
 
@@ -446,3 +447,47 @@ def remove_run_dir(run_dir: Path) -> None:
     finally:
         if lock is not None:
             lock.close()
+
+
+# ---------------------------------------------------------------- checkpoints and format versions
+#: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
+CHECKPOINT_PARTS = ("model.safetensors", "state.safetensors", "state.json")
+
+
+class CheckpointPointer(BaseModel):
+    """``checkpoint.json``: the newest complete checkpoint of a run and the sha256 of its files."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=0)
+    tag: str = Field(pattern=r"^step-[0-9]+$")
+    format_version: int
+    sha256: dict[str, str]
+
+
+def read_pointer(run_dir: Path) -> CheckpointPointer:
+    """The run's ``checkpoint.json`` (confined to the run), format version and fields validated."""
+    path = run_dir / "checkpoint.json"
+    raw = read_json(confined_file(run_dir, "checkpoint.json", run_dir))
+    check_format(raw, path)
+    return read_record(path, CheckpointPointer, raw)
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Path and recorded sha256 of each file of the checkpoint ``checkpoint.json`` points at,
+    confined to the run directory (its tag is data: ``../x`` or a link is refused)."""
+    where = run_dir / "checkpoint.json"
+    ptr = read_pointer(run_dir)
+    missing = [p for p in CHECKPOINT_PARTS if p not in ptr.sha256]
+    if missing:
+        raise FGMError(f"{where} lacks the sha256 of the checkpoint's {missing[0]}", "restore it, or retrain")
+    return {p: (confined_file(run_dir, f"checkpoints/{ptr.tag}.{p}", where), ptr.sha256[p]) for p in CHECKPOINT_PARTS}
+
+
+def check_format(meta: Any, where: Path) -> None:
+    if not isinstance(meta, dict):
+        raise FGMError(f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
+                       "restore the file from a copy of the run, or retrain")
+    v = meta.get("format_version")
+    if v != FORMAT_VERSION:
+        raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
+                       "use the fgm version that wrote it, or retrain")

@@ -24,11 +24,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fgm_core import __version__, env
 from fgm_core import distributed as dist
-from fgm_core.build import DataInfo, heavy_tailed_generator_loss, load_data, make_model
+from fgm_core import env
+from fgm_core.build import DataInfo, heavy_tailed_generator_loss, load_data, make_model, resolve_device
 from fgm_core.components import DataBundle
-from fgm_core.config import FGMConfig, check_device, dump_toml, resume_changes, validate
+from fgm_core.config import FGMConfig, dump_toml, resume_changes, validate
+from fgm_core.divspec import config_label, slug
 from fgm_core.errors import PLUGIN_FAILURES, FGMError, FGMWarning, Interrupted, PluginError, os_error_text
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
@@ -39,7 +40,7 @@ from fgm_core.storage import (
     RunLock,
     append_line,
     atomic_write_text,
-    confined_file,
+    checkpoint_files,
     join_state,
     load_tensors,
     lock_run_dir,
@@ -53,26 +54,7 @@ from fgm_core.storage import (
     truncate_rows,
     write_json,
 )
-
-#: the files of one checkpoint, ``checkpoints/<tag>.<part>``; ``checkpoint.json`` records their sha256
-CHECKPOINT_PARTS = ("model.safetensors", "state.safetensors", "state.json")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. An explicit ``cuda`` without CUDA, an unknown
-    device name or a GPU index that does not exist is an error."""
-    try:
-        check_device(name)
-    except ValueError as e:
-        raise FGMError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from e
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise FGMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                       f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(name)
+from fgm_core.version import __version__
 
 
 def make_optimizer(name: str, params: list, lr: float, betas: tuple[float, float], wd: float,
@@ -465,8 +447,6 @@ class Trainer:
 
     def _new_run_dir(self) -> Path:
         c = self.cfg
-        from fgm_core.divspec import config_label, slug
-
         div = slug(config_label(c, self.plugins))  # alpha-0.5: the parameters name the run too
         name = c.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-{c.data.dataset}-{div}-{c.critic.form}"
         return Path(c.run.out_dir) / name
@@ -603,16 +583,6 @@ class Trainer:
             sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
-class CheckpointPointer(BaseModel):
-    """``checkpoint.json``: the newest complete checkpoint of a run and the sha256 of its files."""
-
-    model_config = ConfigDict(extra="allow")
-    step: int = Field(ge=0)
-    tag: str = Field(pattern=r"^step-[0-9]+$")
-    format_version: int
-    sha256: dict[str, str]
-
-
 class CheckpointState(BaseModel):
     """``checkpoints/step-N.state.json``: the optimiser/RNG skeleton and the data position."""
 
@@ -621,35 +591,6 @@ class CheckpointState(BaseModel):
     step: int = Field(ge=0)
     epoch: int = Field(ge=0)
     pos: int = Field(ge=0)
-
-
-def read_pointer(run_dir: Path) -> CheckpointPointer:
-    """The run's ``checkpoint.json`` (confined to the run), format version and fields validated."""
-    path = run_dir / "checkpoint.json"
-    raw = read_json(confined_file(run_dir, "checkpoint.json", run_dir))
-    check_format(raw, path)
-    return read_record(path, CheckpointPointer, raw)
-
-
-def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
-    """Path and recorded sha256 of each file of the checkpoint ``checkpoint.json`` points at,
-    confined to the run directory (its tag is data: ``../x`` or a link is refused)."""
-    where = run_dir / "checkpoint.json"
-    ptr = read_pointer(run_dir)
-    missing = [p for p in CHECKPOINT_PARTS if p not in ptr.sha256]
-    if missing:
-        raise FGMError(f"{where} lacks the sha256 of the checkpoint's {missing[0]}", "restore it, or retrain")
-    return {p: (confined_file(run_dir, f"checkpoints/{ptr.tag}.{p}", where), ptr.sha256[p]) for p in CHECKPOINT_PARTS}
-
-
-def check_format(meta: Any, where: Path) -> None:
-    if not isinstance(meta, dict):
-        raise FGMError(f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
-                       "restore the file from a copy of the run, or retrain")
-    v = meta.get("format_version")
-    if v != FORMAT_VERSION:
-        raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
-                       "use the fgm version that wrote it, or retrain")
 
 
 class _StatsWindow:

@@ -93,7 +93,6 @@ def clean(monkeypatch):
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("FGM_NO_PROGRESS", "1")
-    monkeypatch.setenv("FGM_NO_PLUGIN_COMMANDS", "1")
     clear_cache()
     yield
     clear_cache()
