@@ -34,9 +34,12 @@ from fgm_core.storage import (
 from fgm_core.trainer import Trainer
 
 
-def resolve_config(config: FGMConfig | dict[str, Any] | str | Path | None = None,
-                   overrides: list[str] | None = None, presets: list[str] | None = None,
-                   plugins: PluginSet | None = None) -> tuple[FGMConfig, PluginSet]:
+def resolve_config(
+    config: FGMConfig | dict[str, Any] | str | Path | None = None,
+    overrides: list[str] | None = None,
+    presets: list[str] | None = None,
+    plugins: PluginSet | None = None,
+) -> tuple[FGMConfig, PluginSet]:
     """Merge defaults, plugin presets, a config (object, dict or TOML path) and overrides."""
     names, local = split_presets(presets)
     config_path = Path(config) if isinstance(config, (str, Path)) else None
@@ -65,8 +68,12 @@ def check_plugin_names(names: list[str], plugins: PluginSet) -> None:
         raise unknown_name("plugin", unknown[0], loaded)
     if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:3])
-        raise FGMError(f"the configuration names {len(unknown)} plugins that are not loaded ({shown}, ...)",
-                       f"loaded: {', '.join(loaded) or 'none'}; fix the plugins list, see `fgm plugins`")
+        raise FGMError(
+            f"the configuration names {len(unknown)} plugins that are not loaded ({shown}, ...)",
+            f"loaded: {', '.join(loaded) or 'none'}; fix the plugins list, see `fgm plugins`",
+        )
+
+
 def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, tuple[int, ...] | None]:
     """(kind, item shape) of the dataset the layers name, from its factory's optional ``peek``
     (see :data:`fgm_core.components.DatasetFactory`) without loading it; (None, None) when the
@@ -92,9 +99,15 @@ def _peek_data(layers: dict[str, Any], plugins: PluginSet) -> tuple[str | None, 
         return None, None
 
 
-def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, overrides: list[str] | None = None,
-          presets: list[str] | None = None, resume: str | Path | None = None, progress: bool | None = None,
-          plugins: PluginSet | None = None) -> Run:
+def train(
+    config: FGMConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    presets: list[str] | None = None,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    plugins: PluginSet | None = None,
+) -> Run:
     """Train an f-GM model and return the loaded :class:`Run`.
 
     ``config`` is a :class:`FGMConfig`, a nested dict, or a TOML path; ``overrides`` are
@@ -104,7 +117,9 @@ def train(config: FGMConfig | dict[str, Any] | str | Path | None = None, *, over
     if resume is not None:
         resume = Path(resume)
         if not (resume / "config.json").exists():
-            raise FGMError(f"cannot resume {resume}: no config.json there", "give a run directory that `fgm train` created")
+            raise FGMError(
+                f"cannot resume {resume}: no config.json there", "give a run directory that `fgm train` created"
+            )
         check_format(read_json(resume / "fgm.json"), resume / "fgm.json")  # a run of another format version
         base = read_json(resume / "config.json")
         validate(base, str(resume / "config.json"))  # a damaged config.json is named as such
@@ -131,7 +146,9 @@ def latest_run(out_dir: str | Path = "runs") -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 
 
-def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = "onnx", **options: Any) -> dict[str, Any]:
+def export(
+    run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = "onnx", **options: Any
+) -> dict[str, Any]:
     """Export a run with the exporter plugin ``fmt``; returns the manifest.
 
     The export is written beside ``out_dir`` and moved into place when complete, with the
@@ -158,9 +175,11 @@ def export(run: Run | str | Path, out_dir: str | Path | None = None, fmt: str = 
         except PLUGIN_FAILURES as e:
             if isinstance(e, FGMError) or (hasattr(e, "message") and hasattr(e, "hint")):
                 raise  # the exporter's own user-facing error
-            raise PluginError(f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "
-                              f"{' '.join(str(e).split())}; nothing was written to {out}",
-                              "fix or update the plugin, or report it to its author") from e
+            raise PluginError(
+                f"exporter {fmt!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: "
+                f"{' '.join(str(e).split())}; nothing was written to {out}",
+                "fix or update the plugin, or report it to its author",
+            ) from e
         (tmp / PARTIAL_MARK).unlink()
         manifest = seal_export(tmp, manifest, fmt)
         replace_dir(tmp, out)

@@ -77,16 +77,19 @@ def load_data(cfg: FGMConfig, plugins: PluginSet) -> DataBundle:
     except FGMError:
         raise
     except PLUGIN_FAILURES as e:  # noqa: BLE001
-        raise PluginError(f"dataset {cfg.data.dataset!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: {e}",
-                          "check data.options, or report it to the plugin's author") from e
+        raise PluginError(
+            f"dataset {cfg.data.dataset!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: {e}",
+            "check data.options, or report it to the plugin's author",
+        ) from e
     for split in ("train", "test"):
         t = getattr(bundle, split)
         if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[0] == 0:
-            raise FGMError(f"dataset {cfg.data.dataset!r} gave an empty or malformed {split} split",
-                           "check the data source and data.options")
+            raise FGMError(
+                f"dataset {cfg.data.dataset!r} gave an empty or malformed {split} split",
+                "check the data source and data.options",
+            )
         if not torch.isfinite(t).all():
-            raise FGMError(f"dataset {cfg.data.dataset!r} has NaN or inf values in its {split} split",
-                           "clean the data")
+            raise FGMError(f"dataset {cfg.data.dataset!r} has NaN or inf values in its {split} split", "clean the data")
     return bundle
 
 
@@ -97,11 +100,15 @@ def make_divergence(cfg: FGMConfig, plugins: PluginSet) -> Divergence:
     except FGMError:
         raise
     except TypeError as e:
-        raise FGMError(f"divergence {cfg.divergence.name!r}: bad parameters {cfg.divergence.params} ({e})",
-                       "check [divergence.params]") from None
+        raise FGMError(
+            f"divergence {cfg.divergence.name!r}: bad parameters {cfg.divergence.params} ({e})",
+            "check [divergence.params]",
+        ) from None
     if cfg.critic.form == "density" and not div.supports_density:
-        raise FGMError(f"divergence {cfg.divergence.name!r} gives no gradient with the density critic",
-                       "use critic.form = \"joint\" or \"marginal\"")
+        raise FGMError(
+            f"divergence {cfg.divergence.name!r} gives no gradient with the density critic",
+            'use critic.form = "joint" or "marginal"',
+        )
     return div
 
 
@@ -136,47 +143,74 @@ def heavy_tailed_generator_loss(cfg: FGMConfig, divergence: Divergence) -> str |
     the model puts mass that the data lacks, s is very negative, and a T that grows
     exponentially there makes that term's gradient heavy-tailed.
     """
-    if cfg.critic.form != "density" or divergence.model_term_constant or \
-            resolve_generator_loss(cfg, divergence) != "non_saturating" or not exponential_T(divergence):
+    if (
+        cfg.critic.form != "density"
+        or divergence.model_term_constant
+        or resolve_generator_loss(cfg, divergence) != "non_saturating"
+        or not exponential_T(divergence)
+    ):
         return None
-    return (f"critic.generator_loss = \"non_saturating\" with divergence {cfg.divergence.name!r} and the density "
-            f"critic gives heavy-tailed generator gradients, since T(s) grows exponentially as s -> -inf "
-            f"(use critic.generator_loss = \"saddle\" or \"auto\", the default)")
+    return (
+        f'critic.generator_loss = "non_saturating" with divergence {cfg.divergence.name!r} and the density '
+        f"critic gives heavy-tailed generator gradients, since T(s) grows exponentially as s -> -inf "
+        f'(use critic.generator_loss = "saddle" or "auto", the default)'
+    )
 
 
 def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     """Build networks (seeded by ``run.seed``) and wrap them in an :class:`FGMModel`."""
     if cfg.model.generator == "deterministic" and cfg.critic.form == "density":
-        raise FGMError("a deterministic generator has no density, which the density critic needs",
-                       "set model.generator = \"gaussian\" or use critic.form = \"joint\"/\"marginal\"")
+        raise FGMError(
+            "a deterministic generator has no density, which the density critic needs",
+            'set model.generator = "gaussian" or use critic.form = "joint"/"marginal"',
+        )
     comp = plugins.get("architectures", cfg.model.architecture)
     arch = comp.factory()
-    spec = NetworkSpec(info.shape, info.kind, cfg.model.latent_dim, cfg.critic.form,  # type: ignore[arg-type]
-                       dict(cfg.model.options))
+    spec = NetworkSpec(
+        info.shape,
+        info.kind,  # type: ignore[arg-type]
+        cfg.model.latent_dim,
+        cfg.critic.form,
+        dict(cfg.model.options),
+    )
     why = arch.check(spec)
     if why:
         raise FGMError(why, "pick another architecture (see `fgm plugins`) or dataset/critic")
     divergence = make_divergence(cfg, plugins)
     if cfg.critic.n_critic == 0 and not (cfg.critic.form == "density" and divergence.model_term_constant):
-        raise FGMError(f"critic.n_critic = 0 trains no critic, but divergence {cfg.divergence.name!r} with the "
-                       f"{cfg.critic.form} critic needs one for its generator update",
-                       "set critic.n_critic >= 1 (0 is for the plain VAE: kl with the density critic)")
+        raise FGMError(
+            f"critic.n_critic = 0 trains no critic, but divergence {cfg.divergence.name!r} with the "
+            f"{cfg.critic.form} critic needs one for its generator update",
+            "set critic.n_critic >= 1 (0 is for the plain VAE: kl with the density critic)",
+        )
     torch.manual_seed(cfg.run.seed)
     try:
         nets = arch.build(spec)
     except FGMError:
         raise
     except PLUGIN_FAILURES as e:  # noqa: BLE001
-        raise PluginError(f"architecture {cfg.model.architecture!r} (plugin {comp.plugin!r}) failed to build: "
-                          f"{type(e).__name__}: {e}", "check model.options") from e
+        raise PluginError(
+            f"architecture {cfg.model.architecture!r} (plugin {comp.plugin!r}) failed to build: "
+            f"{type(e).__name__}: {e}",
+            "check model.options",
+        ) from e
     if cfg.critic.spectral_norm:
         apply_spectral_norm(nets.critic)
     m = cfg.model
     return FGMModel(
-        nets, divergence, critic_form=cfg.critic.form, data_shape=info.shape, latent_dim=m.latent_dim,
-        generator=m.generator, sigma=m.sigma, learn_sigma=m.learn_sigma, sigma_per_dim=m.sigma_per_dim,
-        min_sigma=m.min_sigma, generator_loss=resolve_generator_loss(cfg, divergence),
-        gradient_penalty=cfg.critic.gradient_penalty, density_estimator=cfg.critic.n_critic > 0,
+        nets,
+        divergence,
+        critic_form=cfg.critic.form,
+        data_shape=info.shape,
+        latent_dim=m.latent_dim,
+        generator=m.generator,
+        sigma=m.sigma,
+        learn_sigma=m.learn_sigma,
+        sigma_per_dim=m.sigma_per_dim,
+        min_sigma=m.min_sigma,
+        generator_loss=resolve_generator_loss(cfg, divergence),
+        gradient_penalty=cfg.critic.gradient_penalty,
+        density_estimator=cfg.critic.n_critic > 0,
     )
 
 
@@ -201,6 +235,8 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FGMError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise FGMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                       f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise FGMError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+        )
     return torch.device(name)

@@ -90,10 +90,13 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="fgm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.option("--strict-plugins", is_flag=True,
-              help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
-@click.option("--plugins-toml", type=PATH, envvar="FGM_PLUGINS_TOML",
-              help="Plugin policy file (default: ./plugins.toml when present).")
+@click.option("--strict-plugins", is_flag=True, help="Fail when any plugin fails to load (env FGM_STRICT_PLUGINS=1).")
+@click.option(
+    "--plugins-toml",
+    type=PATH,
+    envvar="FGM_PLUGINS_TOML",
+    help="Plugin policy file (default: ./plugins.toml when present).",
+)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Path | None) -> None:
     """fgm: train f-divergence generative models (f-GM) that unify VAEs and GANs.
@@ -140,8 +143,12 @@ def plugin_group() -> None:
 
 @plugin_group.command("new")
 @click.argument("name")
-@click.option("-o", "--out", type=click.Path(path_type=Path),
-              help="Directory to create (default ./fgm-plugin-NAME); it must not exist.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Directory to create (default ./fgm-plugin-NAME); it must not exist.",
+)
 @click.pass_obj
 def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
     """Create a plugin package NAME: a divergence, an architecture, a dataset and a preset as
@@ -150,8 +157,10 @@ def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
 
     check_name(name)  # a bad name is reported before any plugin loads
     target = new_plugin(name, out, taken=sorted(obj.plugins().infos))
-    click.echo(f"created {target}: plugin {name!r} with divergence {name}_hellinger, architecture {name}_mlp, "
-               f"dataset {name}_blobs and a preset")
+    click.echo(
+        f"created {target}: plugin {name!r} with divergence {name}_hellinger, architecture {name}_mlp, "
+        f"dataset {name}_blobs and a preset"
+    )
     click.echo(f"next: pip install -e {target} && fgm plugins && (cd {target} && pytest)")
 
 
@@ -159,13 +168,26 @@ def plugin_new(obj: Ctx, name: str, out: Path | None) -> None:
 def _train_options(f):
     opts = [
         click.option("--config", "-c", "config", type=PATH, help="Run configuration (TOML)."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
-        click.option("--plugin", "presets", multiple=True, metavar="NAME|PATH",
-                     help="Use what plugin NAME (or a local module path) contributes (repeatable)."),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable).",
+        ),
+        click.option(
+            "--plugin",
+            "presets",
+            multiple=True,
+            metavar="NAME|PATH",
+            help="Use what plugin NAME (or a local module path) contributes (repeatable).",
+        ),
         click.option("--dataset", help="Shortcut for --set data.dataset=..."),
-        click.option("--divergence", "-d", help="Divergence, with parameters as name:value (alpha:0.5); "
-                     "shortcut for --set divergence.name=..."),
+        click.option(
+            "--divergence",
+            "-d",
+            help="Divergence, with parameters as name:value (alpha:0.5); shortcut for --set divergence.name=...",
+        ),
         click.option("--critic", type=click.Choice(["density", "joint", "marginal"]), help="Critic form."),
         click.option("--architecture", "-a", help="Shortcut for --set model.architecture=..."),
         click.option("--steps", type=int, help="Training steps."),
@@ -181,9 +203,17 @@ def _train_options(f):
 
 def _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name) -> list[str]:
     out = list(sets)
-    for key, val in [("data.dataset", dataset), ("divergence.name", divergence), ("critic.form", critic),
-                     ("model.architecture", architecture), ("run.steps", steps), ("run.seed", seed),
-                     ("run.device", device), ("run.out_dir", out_dir), ("run.name", name)]:
+    for key, val in [
+        ("data.dataset", dataset),
+        ("divergence.name", divergence),
+        ("critic.form", critic),
+        ("model.architecture", architecture),
+        ("run.steps", steps),
+        ("run.seed", seed),
+        ("run.device", device),
+        ("run.out_dir", out_dir),
+        ("run.name", name),
+    ]:
         if val is not None:
             out.append(f"{key}={json.dumps(val) if isinstance(val, str) else val}")
     return out
@@ -195,8 +225,24 @@ def _overrides(sets, dataset, divergence, critic, architecture, steps, seed, dev
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--nproc", type=int, default=None, help="Train with N processes (torch.distributed).")
 @click.pass_obj
-def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, architecture, steps, seed, device,
-              out_dir, name, resume, quiet, nproc) -> None:
+def train_cmd(
+    obj: Ctx,
+    config,
+    sets,
+    presets,
+    dataset,
+    divergence,
+    critic,
+    architecture,
+    steps,
+    seed,
+    device,
+    out_dir,
+    name,
+    resume,
+    quiet,
+    nproc,
+) -> None:
     """Train a model. With no options: the 2-D ring of 8 Gaussians, MLPs, density critic."""
     from fgm_core.api import resolve_config, train
 
@@ -226,7 +272,7 @@ def train_cmd(obj: Ctx, config, sets, presets, dataset, divergence, critic, arch
         distributed.cleanup()
     if distributed.rank() != 0:
         return  # process 0 reports
-    summary = (run.path / "summary.json")
+    summary = run.path / "summary.json"
     click.echo(f"run: {run.path}")
     if summary.exists():
         from fgm_core.storage import read_json
@@ -261,8 +307,23 @@ def config_group() -> None:
 @_train_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @click.pass_obj
-def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, critic, architecture, steps, seed,
-                device, out_dir, name, as_json) -> None:
+def config_show(
+    obj: Ctx,
+    run_dir,
+    config,
+    sets,
+    presets,
+    dataset,
+    divergence,
+    critic,
+    architecture,
+    steps,
+    seed,
+    device,
+    out_dir,
+    name,
+    as_json,
+) -> None:
     """Print the resolved configuration of a command line, or of RUN_DIR."""
     from fgm_core.api import resolve_config
     from fgm_core.config import dump_toml, validate
@@ -273,8 +334,11 @@ def config_show(obj: Ctx, run_dir, config, sets, presets, dataset, divergence, c
     else:
         overrides = _overrides(sets, dataset, divergence, critic, architecture, steps, seed, device, out_dir, name)
         cfg, plugins = resolve_config(config, overrides, list(presets), _local_plugins(obj, presets))
-        for kind, component in (("datasets", cfg.data.dataset), ("architectures", cfg.model.architecture),
-                                ("divergences", cfg.divergence.name)):
+        for kind, component in (
+            ("datasets", cfg.data.dataset),
+            ("architectures", cfg.model.architecture),
+            ("divergences", cfg.divergence.name),
+        ):
             plugins.get(kind, component)  # an unknown name is the error `fgm train` gives
     click.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else dump_toml(cfg), nl=not as_json)
 
@@ -293,8 +357,12 @@ def _runtime_options(f):
     """``--device``, ``--threads`` and ``-v``, shared by the commands that run a model."""
     opts = [
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--threads", type=int, default=None,
-                     help="Threads for an export's onnxruntime session or a run's torch (default: their own)."),
+        click.option(
+            "--threads",
+            type=int,
+            default=None,
+            help="Threads for an export's onnxruntime session or a run's torch (default: their own).",
+        ),
         click.option("--verbose", "-v", is_flag=True, help="Also say when an export runs on the CPU."),
     ]
     for o in reversed(opts):
@@ -349,9 +417,13 @@ def _read_array(path: Path):
     except FileNotFoundError:
         raise FGMError(f"data file {path} not found", "check the path") from None
     except EOFError:  # np.load of an empty or cut-off file (click would turn it into "aborted")
-        raise FGMError(f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file") from None
+        raise FGMError(
+            f"cannot read {path}: the file is empty or truncated", "give a numeric .npy, .npz or .csv file"
+        ) from None
     except NUMPY_READ_ERRORS as e:
-        raise FGMError(f"cannot read {path}: {type(e).__name__}: {e}", "give a numeric .npy, .npz or .csv file") from None
+        raise FGMError(
+            f"cannot read {path}: {type(e).__name__}: {e}", "give a numeric .npy, .npz or .csv file"
+        ) from None
 
 
 def _write_array(arr, out: Path | None, header: str) -> None:
@@ -384,11 +456,23 @@ def _write_array(arr, out: Path | None, header: str) -> None:
 @click.option("-o", "--out", type=PATH, required=True, help="out.npy or out.png.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--mean", is_flag=True, help="Generator means instead of noisy samples.")
-@click.option("--clip/--no-clip", default=None,
-              help="Clip image samples to the data range (an export's default is in its manifest).")
+@click.option(
+    "--clip/--no-clip",
+    default=None,
+    help="Clip image samples to the data range (an export's default is in its manifest).",
+)
 @_runtime_options
-def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, clip: bool | None, device: str,
-               threads: int | None, verbose: bool) -> None:
+def sample_cmd(
+    run_dir: Path,
+    n: int,
+    out: Path,
+    seed: int,
+    mean: bool,
+    clip: bool | None,
+    device: str,
+    threads: int | None,
+    verbose: bool,
+) -> None:
     """Draw N samples from RUN_DIR (a run or an export directory) into .npy or .png."""
     import numpy as np
 
@@ -401,8 +485,12 @@ def sample_cmd(run_dir: Path, n: int, out: Path, seed: int, mean: bool, clip: bo
     if clip is not None and not (run_dir / "manifest.json").exists():
         raise FGMError("--clip/--no-clip apply to export directories", "leave it out for a run directory")
     model = _open(run_dir, device, threads, verbose)
-    check_result_size(n, model.info.dims, f"-n {n} samples of {model.info.dims} values",
-                      "use a smaller -n; several calls with different --seed add up")
+    check_result_size(
+        n,
+        model.info.dims,
+        f"-n {n} samples of {model.info.dims} values",
+        "use a smaller -n; several calls with different --seed add up",
+    )
     x = np.asarray(model.sample(n, seed=seed, noise=not mean, **({} if clip is None else {"clip": clip})))
     if out.suffix == ".npy":
         _write_array(x, out, "")
@@ -435,8 +523,17 @@ def encode_cmd(run_dir: Path, data: Path, out: Path | None, device: str, threads
 @click.option("-o", "--out", type=PATH, help=".npy or .csv (default: CSV on stdout).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @_runtime_options
-def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None, seed: int, device: str,
-              threads: int | None, verbose: bool) -> None:
+def score_cmd(
+    run_dir: Path,
+    data: Path,
+    k: int,
+    density: bool,
+    out: Path | None,
+    seed: int,
+    device: str,
+    threads: int | None,
+    verbose: bool,
+) -> None:
     """Per-row model log-likelihood of DATA, in nats (importance-sampled, K=k)."""
     import numpy as np
 
@@ -462,15 +559,32 @@ def score_cmd(run_dir: Path, data: Path, k: int, density: bool, out: Path | None
 @click.option("--format", "fmt", default=None, help="Exporter name (see `fgm plugins`).")
 @click.option("-o", "--out", type=PATH, help="Output directory (default RUN_DIR/export-FORMAT).")
 @click.option("--opset", type=int, default=None, help="ONNX opset version.")
-@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default=None,
-              help="torch's ONNX exporter (auto: TorchScript-based, dynamo where that fails).")
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "torchscript", "dynamo"]),
+    default=None,
+    help="torch's ONNX exporter (auto: TorchScript-based, dynamo where that fails).",
+)
 @click.option("--atol", type=float, default=None, help="Parity tolerance floor (absolute), recorded in the manifest.")
 @click.option("--rtol", type=float, default=None, help="Parity tolerance (relative), recorded in the manifest.")
-@click.option("--clip", is_flag=True, default=None, help="Have the runtime clip image samples to the data range by default.")
+@click.option(
+    "--clip", is_flag=True, default=None, help="Have the runtime clip image samples to the data range by default."
+)
 @click.option("--runs", "runs_dir", type=PATH, default="runs", show_default=True, help="Where to find the latest run.")
 @click.pass_obj
-def export_cmd(obj: Ctx, run_dir: Path | None, onnx_flag: bool, fmt: str | None, out: Path | None, opset: int | None,
-               exporter: str | None, atol: float | None, rtol: float | None, clip: bool | None, runs_dir: str) -> None:
+def export_cmd(
+    obj: Ctx,
+    run_dir: Path | None,
+    onnx_flag: bool,
+    fmt: str | None,
+    out: Path | None,
+    opset: int | None,
+    exporter: str | None,
+    atol: float | None,
+    rtol: float | None,
+    clip: bool | None,
+    runs_dir: str,
+) -> None:
     """Export RUN_DIR (default: the most recent run) for deployment."""
     from fgm_core.api import export, latest_run
 

@@ -163,10 +163,7 @@ class Architecture(ABC):
                 f"not {spec.data_kind} data of shape {spec.data_shape}"
             )
         if spec.critic not in self.critic_forms:
-            return (
-                f"architecture {self.name!r} supports critics {'/'.join(self.critic_forms)}, "
-                f"not {spec.critic!r}"
-            )
+            return f"architecture {self.name!r} supports critics {'/'.join(self.critic_forms)}, not {spec.critic!r}"
         return None
 
     @abstractmethod

@@ -29,8 +29,7 @@ MAX_SEED = 2**63 - 1
 
 def check_device(name: str) -> str:
     """The one rule for device names (config, command line, loading): auto, cpu, cuda, cuda:N."""
-    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()
-                                          and name[5:].isascii()):
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit() and name[5:].isascii()):
         return name
     raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
@@ -348,16 +347,16 @@ IMAGE_MLP_DEFAULTS: dict[str, Any] = {
 }
 
 
-def kind_defaults(kind: str | None, shape: tuple[int, ...] | None, layers: dict[str, Any],
-                  conv_available: bool = True) -> dict[str, Any]:
+def kind_defaults(
+    kind: str | None, shape: tuple[int, ...] | None, layers: dict[str, Any], conv_available: bool = True
+) -> dict[str, Any]:
     """The defaults layer for data of ``kind`` and item ``shape`` (None: unknown), given what the
     other ``layers`` set: ``{}`` for vectors. MLPs when the conv architecture is not loaded
     (``conv_available``) or cannot take the shape. The defaults' architecture and its options
     go together: when the layers set ``model.architecture`` or ``model.options``, neither applies."""
     if kind != "image":
         return {}
-    conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2]
-                                                 and shape[1] in (28, 32, 64)))
+    conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2] and shape[1] in (28, 32, 64)))
     out = json.loads(json.dumps(IMAGE_DEFAULTS if conv else IMAGE_MLP_DEFAULTS))
     model = layers.get("model")
     model = model if isinstance(model, dict) else {}
@@ -425,11 +424,24 @@ def _to_toml(d: dict[str, Any], prefix: str = "") -> str:
 #: learning rates and their schedule, how often it logs and checkpoints, and where and how
 #: fast it computes. Everything else (data, networks, latent size, divergence, critic,
 #: optimiser type, batch size, seed) defines what the checkpoint holds and is refused.
-RESUMABLE = frozenset({
-    "run.steps", "run.checkpoint_every", "run.log_every", "run.eval_samples", "run.threads", "run.progress",
-    "run.tensorboard", "run.device",
-    "optim.lr", "optim.critic_lr", "optim.sigma_lr_scale", "optim.schedule", "optim.warmup_steps", "optim.grad_clip",
-})
+RESUMABLE = frozenset(
+    {
+        "run.steps",
+        "run.checkpoint_every",
+        "run.log_every",
+        "run.eval_samples",
+        "run.threads",
+        "run.progress",
+        "run.tensorboard",
+        "run.device",
+        "optim.lr",
+        "optim.critic_lr",
+        "optim.sigma_lr_scale",
+        "optim.schedule",
+        "optim.warmup_steps",
+        "optim.grad_clip",
+    }
+)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -453,6 +465,8 @@ def resume_changes(old: FGMConfig, new: FGMConfig, run_dir: Path) -> dict[str, t
     located = Path(new.run.out_dir).resolve() == here.parent and new.run.name in (None, here.name)
     for key, (was, now) in changed.items():
         if key not in RESUMABLE and not (key in ("run.out_dir", "run.name") and located):
-            raise FGMError(f"cannot change {key} when resuming (the run has {was!r}, the command line {now!r})",
-                           f"a resume may change only {', '.join(sorted(RESUMABLE))}; start a new run for the rest")
+            raise FGMError(
+                f"cannot change {key} when resuming (the run has {was!r}, the command line {now!r})",
+                f"a resume may change only {', '.join(sorted(RESUMABLE))}; start a new run for the rest",
+            )
     return changed

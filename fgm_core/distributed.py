@@ -41,8 +41,16 @@ def launch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "fgm_core.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "fgm_core.cli",
+        *args,
+    ]
     proc = subprocess.Popen(cmd)
     while True:
         try:
@@ -54,8 +62,10 @@ def launch(nproc: int, argv: list[str]) -> int:
 def check_batch(batch_size: int, world: int) -> None:
     """Every process takes ``batch_size / world`` rows of each global batch."""
     if batch_size % world:
-        raise FGMError(f"optim.batch_size {batch_size} is not divisible by the {world} training processes",
-                       f"use a batch size that is a multiple of {world}")
+        raise FGMError(
+            f"optim.batch_size {batch_size} is not divisible by the {world} training processes",
+            f"use a batch size that is a multiple of {world}",
+        )
 
 
 def is_distributed() -> bool:
@@ -76,16 +86,20 @@ def setup(device: torch.device) -> torch.device:
     if device.type == "cuda":
         local = env.integer("LOCAL_RANK", 0)
         if local >= torch.cuda.device_count():
-            raise FGMError(f"process {local} on this machine has no GPU (there are {torch.cuda.device_count()})",
-                           "start at most one process per GPU (--nproc / --nproc-per-node)")
+            raise FGMError(
+                f"process {local} on this machine has no GPU (there are {torch.cuda.device_count()})",
+                "start at most one process per GPU (--nproc / --nproc-per-node)",
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         try:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         except (ValueError, RuntimeError) as e:  # WORLD_SIZE set without the rest of torchrun's variables
-            raise FGMError(f"cannot join the torch.distributed group ({' '.join(str(e).split())[:200]})",
-                           "start with `fgm train --nproc N` or torchrun, or unset WORLD_SIZE") from None
+            raise FGMError(
+                f"cannot join the torch.distributed group ({' '.join(str(e).split())[:200]})",
+                "start with `fgm train --nproc N` or torchrun, or unset WORLD_SIZE",
+            ) from None
     return device
 
 
@@ -108,7 +122,7 @@ def all_reduce_mean(tensors: list[Tensor]) -> list[Tensor]:
     flat /= world_size()
     out, i = [], 0
     for t in tensors:
-        out.append(flat[i:i + t.numel()].view_as(t).to(t.dtype))
+        out.append(flat[i : i + t.numel()].view_as(t).to(t.dtype))
         i += t.numel()
     return out
 
@@ -122,7 +136,7 @@ def average_gradients(params: list[torch.nn.Parameter], loss: Tensor) -> bool:
     flat /= world_size()
     i = 0
     for g in grads:
-        g.copy_(flat[i:i + g.numel()].view_as(g))
+        g.copy_(flat[i : i + g.numel()].view_as(g))
         i += g.numel()
     return bool(torch.isfinite(flat[-1]))
 

@@ -58,8 +58,10 @@ def split_list(text: str) -> list[str]:
         cur.append(ch)
     parts.append("".join(cur).strip())
     if quote or depth:
-        raise FGMError(f"divergence list {text!r} has an unclosed {'quote' if quote else 'bracket'}",
-                       'write e.g. --divergences kl,alpha:0.5,custom:"(u-1)**2/(u+1)"')
+        raise FGMError(
+            f"divergence list {text!r} has an unclosed {'quote' if quote else 'bracket'}",
+            'write e.g. --divergences kl,alpha:0.5,custom:"(u-1)**2/(u+1)"',
+        )
     return [p for p in parts if p]
 
 
@@ -72,8 +74,10 @@ def parse(text: str) -> DivergenceSpec:
     name, sep, rest = text.strip().partition(":")
     name = name.strip()
     if not name or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-        raise FGMError(f"divergence {text!r} has no valid name before ':'",
-                       "write name, name:value or name:key=value, e.g. alpha:0.5")
+        raise FGMError(
+            f"divergence {text!r} has no valid name before ':'",
+            "write name, name:value or name:key=value, e.g. alpha:0.5",
+        )
     if not sep:
         return DivergenceSpec(name)
     rest = rest.strip()
@@ -86,8 +90,10 @@ def parse(text: str) -> DivergenceSpec:
         key, eq, val = item.partition("=")
         key = key.strip()
         if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not val.strip():
-            raise FGMError(f"divergence {text!r}: {item.strip()!r} is not key=value",
-                           "join named parameters with ';', e.g. custom:formula=u*log(u);offset=0")
+            raise FGMError(
+                f"divergence {text!r}: {item.strip()!r} is not key=value",
+                "join named parameters with ';', e.g. custom:formula=u*log(u);offset=0",
+            )
         if key in params:
             raise FGMError(f"divergence {text!r} gives {key!r} twice", "give each parameter once")
         params[key] = _value(val)
@@ -110,14 +116,18 @@ def resolve(text: str, params: dict[str, Any], plugins: Any) -> tuple[str, dict[
         comp = plugins.get("divergences", spec.name)
         key = main_param(comp.factory)
         if key is None:
-            raise FGMError(f"divergence {spec.name!r} has no main parameter for the shorthand {text!r}",
-                           f"name the parameter: {spec.name}:key=value (see `fgm plugins`)")
+            raise FGMError(
+                f"divergence {spec.name!r} has no main parameter for the shorthand {text!r}",
+                f"name the parameter: {spec.name}:key=value (see `fgm plugins`)",
+            )
         own[key] = spec.main
     out = dict(params)
     for key, val in own.items():
         if key in out and out[key] != val:
-            raise FGMError(f"divergence {text!r} sets {key} = {val!r} but divergence.params.{key} is {out[key]!r}",
-                           "give the parameter in one place")
+            raise FGMError(
+                f"divergence {text!r} sets {key} = {val!r} but divergence.params.{key} is {out[key]!r}",
+                "give the parameter in one place",
+            )
         out[key] = val
     return spec.name, out
 

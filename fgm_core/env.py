@@ -27,8 +27,9 @@ def flag(name: str) -> bool:
         return True
     if v in _NO:
         return False
-    raise FGMError(f"environment variable {name}={value!r} is not a yes/no value",
-                   f"set {name}=1 or {name}=0, or unset it")
+    raise FGMError(
+        f"environment variable {name}={value!r} is not a yes/no value", f"set {name}=1 or {name}=0, or unset it"
+    )
 
 
 def integer(name: str, default: int, minimum: int = 0) -> int:
@@ -37,8 +38,10 @@ def integer(name: str, default: int, minimum: int = 0) -> int:
     if not value:
         return default
     if not (value.isascii() and value.isdigit()) or int(value) < minimum:
-        raise FGMError(f"environment variable {name}={value!r} is not an integer of at least {minimum}",
-                       f"unset {name}, or set it as torchrun does")
+        raise FGMError(
+            f"environment variable {name}={value!r} is not an integer of at least {minimum}",
+            f"unset {name}, or set it as torchrun does",
+        )
     return int(value)
 
 

@@ -69,4 +69,3 @@ def os_error_text(e: OSError) -> str:
     if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not Path(str(e.filename)).is_dir():
         return f"{e.filename} (or a folder above it) is not a directory"
     return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-

@@ -133,8 +133,9 @@ class FGMModel(nn.Module):
         return mean + torch.exp(self.log_sigma) * eps, mean
 
     # ------------------------------------------------------------------ critic values
-    def _sides(self, x_data: Tensor, noise: dict[str, Tensor], critic_step: bool
-               ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _sides(
+        self, x_data: Tensor, noise: dict[str, Tensor], critic_step: bool
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Critic inputs on the data side (Q) and the model side (P), and the samples.
 
         Density critic: the log ratio s = l(x) + log q(z|x) - log p(z) - log p(x|z) on both
@@ -151,7 +152,7 @@ class FGMModel(nn.Module):
         joint = self.critic_form == "joint"
         # one critic call on both batches (critics hold no batch statistics)
         v = self.critic(torch.cat([x_data, x_p]), torch.cat([z_q, z_p]) if joint else None).float()  # type: ignore[list-item]
-        v_q, v_p = v[: x_data.shape[0]], v[x_data.shape[0]:]
+        v_q, v_p = v[: x_data.shape[0]], v[x_data.shape[0] :]
         if self.critic_form == "density":
             with torch.no_grad() if critic_step else nullcontext():
                 extra_q = self._ratio_terms(x_data, z_q, log_q_data)  # type: ignore[arg-type]
@@ -176,8 +177,12 @@ class FGMModel(nn.Module):
         if self.gradient_penalty > 0:
             joint = self.critic_form == "joint"
             loss = loss + self.gradient_penalty * self._gradient_penalty(
-                x_data, samples["x_p"], samples.get("z_q") if joint else None,
-                samples["z_p"] if joint else None, noise["gp"])
+                x_data,
+                samples["x_p"],
+                samples.get("z_q") if joint else None,
+                samples["z_p"] if joint else None,
+                noise["gp"],
+            )
         return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
 
     def generator_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
@@ -230,8 +235,9 @@ class FGMModel(nn.Module):
         log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach())
         return (log_q - standard_normal_log_prob(z) - log_px).mean()
 
-    def _gradient_penalty(self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None,
-                          alpha: Tensor) -> Tensor:
+    def _gradient_penalty(
+        self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None, alpha: Tensor
+    ) -> Tensor:
         """WGAN-GP: (||grad critic|| - 1)^2 at random interpolates of data and model samples."""
         a = alpha.view(-1, *([1] * (x_q.dim() - 1)))
         x_hat = (a * x_q.detach() + (1 - a) * x_p.detach()).requires_grad_(True)
@@ -270,8 +276,10 @@ class FGMModel(nn.Module):
         through (f')^{-1}, plus the model's log density, averaged over ``eps`` draws.
         """
         if not self.density_estimator:
-            raise FGMError("this run trained no density estimator (critic.n_critic = 0), so it has no log p_D(x)",
-                           "train with critic.n_critic >= 1, or use the model likelihood (log_likelihood / fgm score)")
+            raise FGMError(
+                "this run trained no density estimator (critic.n_critic = 0), so it has no log p_D(x)",
+                "train with critic.n_critic >= 1, or use the model likelihood (log_likelihood / fgm score)",
+            )
         if self.critic_form == "density":
             return self.critic(x).float()
         if eps is None:

@@ -78,16 +78,12 @@ class PluginPolicy:
         where = str(path or "plugins.toml")
         unknown = set(data) - {"plugins", "settings"}
         if unknown:
-            raise FGMError(
-                f"{where}: unknown table [{sorted(unknown)[0]}]", "allowed: [plugins], [settings.NAME]"
-            )
+            raise FGMError(f"{where}: unknown table [{sorted(unknown)[0]}]", "allowed: [plugins], [settings.NAME]")
         p = data.get("plugins", {})
         allowed = {"enabled", "blocked", "required", "local", "strict"}
         bad = set(p) - allowed
         if bad:
-            raise FGMError(
-                f"{where}: unknown key plugins.{sorted(bad)[0]}", f"allowed: {', '.join(sorted(allowed))}"
-            )
+            raise FGMError(f"{where}: unknown key plugins.{sorted(bad)[0]}", f"allowed: {', '.join(sorted(allowed))}")
 
         def names(key: str) -> list[str] | None:
             v = p.get(key)
@@ -202,8 +198,14 @@ class PluginInfo:
 class PluginSet:
     """The loaded plugins and the components they registered (a typed facade over pluggy)."""
 
-    def __init__(self, policy: PluginPolicy | None = None, *, strict: bool | None = None,
-                 only: list[str] | None = None, extra_local: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PluginPolicy | None = None,
+        *,
+        strict: bool | None = None,
+        only: list[str] | None = None,
+        extra_local: dict[str, Path] | None = None,
+    ) -> None:
         self.policy = policy or PluginPolicy()
         env_strict = env.flag("FGM_STRICT_PLUGINS")
         self.strict = bool(strict) or env_strict or self.policy.strict
@@ -276,8 +278,9 @@ class PluginSet:
             if not h.has_spec() and not all(i.optionalhook for i in h.get_hookimpls() if i.plugin is module):
                 known = [n for n, c in vars(self.pm.hook).items() if not n.startswith("_") and c.has_spec()]
                 close = difflib.get_close_matches(h.name, known, n=1)
-                msg = (f"plugin {name!r} implements {h.name!r}, which is not an fgm hook"
-                       + (f" (did you mean {close[0]!r}?)" if close else ""))
+                msg = f"plugin {name!r} implements {h.name!r}, which is not an fgm hook" + (
+                    f" (did you mean {close[0]!r}?)" if close else ""
+                )
                 if self.strict:
                     raise PluginError(msg, "rename the hook, or run without --strict-plugins")
                 info.warnings.append(msg)
@@ -324,8 +327,7 @@ class PluginSet:
             info = self.infos.get(name)
             if info is None or info.error:
                 raise PluginError(
-                    f"required plugin {name!r} ({spec}) is not installed"
-                    + (" (it failed to load)" if info else ""),
+                    f"required plugin {name!r} ({spec}) is not installed" + (" (it failed to load)" if info else ""),
                     "pip install the package that provides it, or remove it from [plugins.required]",
                 )
             try:
@@ -346,8 +348,9 @@ class PluginSet:
                 continue
             staged: list[Component] = []
 
-            def register(name: str, factory: Any, description: str = "", *, _p: str = plugin,
-                         _staged: list[Component] = staged) -> None:
+            def register(
+                name: str, factory: Any, description: str = "", *, _p: str = plugin, _staged: list[Component] = staged
+            ) -> None:
                 if not isinstance(name, str) or not name:
                     raise TypeError(f"component name must be a non-empty string, got {name!r}")
                 if not callable(factory):
@@ -415,8 +418,9 @@ class PluginSet:
         """The configuration plugin ``plugin`` selects (``fgm train --plugin``)."""
         if plugin not in self.infos or self.infos[plugin].error:
             if plugin in self.infos:
-                raise PluginError(f"plugin {plugin!r} failed to load: {self.infos[plugin].error}",
-                                  "fix or reinstall it")
+                raise PluginError(
+                    f"plugin {plugin!r} failed to load: {self.infos[plugin].error}", "fix or reinstall it"
+                )
             why = self._unwanted_why(plugin)
             if why:
                 raise PluginError(f"plugin {plugin!r} is not loaded: {why}", "change the plugin policy to use it")
@@ -457,7 +461,9 @@ class PluginSet:
         except FGMError:
             raise
         except PLUGIN_FAILURES as e:  # noqa: BLE001
-            raise PluginError(f"writing {path.name} failed: {type(e).__name__}: {e}", "check the plugin that writes it") from e
+            raise PluginError(
+                f"writing {path.name} failed: {type(e).__name__}: {e}", "check the plugin that writes it"
+            ) from e
         return None if written is None else Path(written)
 
     def resolved(self) -> list[dict[str, str]]:
@@ -520,13 +526,23 @@ def split_presets(presets: list[str] | None) -> tuple[list[str], dict[str, Path]
 _CACHE: dict[tuple, PluginSet] = {}
 
 
-def get_plugins(policy_path: Path | None = None, *, strict: bool | None = None,
-                extra_local: dict[str, Path] | None = None, near: Path | None = None) -> PluginSet:
+def get_plugins(
+    policy_path: Path | None = None,
+    *,
+    strict: bool | None = None,
+    extra_local: dict[str, Path] | None = None,
+    near: Path | None = None,
+) -> PluginSet:
     """The plugin set for this process (cached per policy, strictness and local modules)."""
     key = (
-        str(policy_path), strict, tuple(sorted((extra_local or {}).items())), str(near),
-        os.environ.get("FGM_PLUGINS"), os.environ.get("FGM_STRICT_PLUGINS"),
-        os.environ.get("FGM_PLUGINS_TOML"), str(Path.cwd()),
+        str(policy_path),
+        strict,
+        tuple(sorted((extra_local or {}).items())),
+        str(near),
+        os.environ.get("FGM_PLUGINS"),
+        os.environ.get("FGM_STRICT_PLUGINS"),
+        os.environ.get("FGM_PLUGINS_TOML"),
+        str(Path.cwd()),
     )
     if key not in _CACHE:
         policy = PluginPolicy.discover(policy_path, near)

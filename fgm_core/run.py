@@ -45,24 +45,30 @@ def check_result_size(rows: int, values_per_row: int, what: str, hint: str) -> N
     need = 2 * 4 * rows * max(1, values_per_row)
     budget = memory_available() // 2
     if need > budget:
-        raise FGMError(f"{what} needs about {need / 2**30:.3g} GiB of memory, more than half of the "
-                       f"{2 * budget / 2**30:.3g} GiB available", hint)
+        raise FGMError(
+            f"{what} needs about {need / 2**30:.3g} GiB of memory, more than half of the "
+            f"{2 * budget / 2**30:.3g} GiB available",
+            hint,
+        )
 
 
 def check_k(k: int) -> None:
     if k < 1:
         raise FGMError(f"k must be positive, got {k}", "use k >= 1")
     if k > MAX_K:
-        raise FGMError(f"k = {k} importance samples per row is more than the {MAX_K:,} fgm takes "
-                       "(the estimate's error falls as 1/sqrt(K); beyond that only the cost grows)",
-                       f"use -k {MAX_K} or fewer")
+        raise FGMError(
+            f"k = {k} importance samples per row is more than the {MAX_K:,} fgm takes "
+            "(the estimate's error falls as 1/sqrt(K); beyond that only the cost grows)",
+            f"use -k {MAX_K} or fewer",
+        )
 
 
 class Run:
     """A model plus what it needs to work in data units. Get one from :meth:`load` or training."""
 
-    def __init__(self, path: Path, config: FGMConfig, model: FGMModel, info: DataInfo,
-                 plugins: list[dict[str, str]]) -> None:
+    def __init__(
+        self, path: Path, config: FGMConfig, model: FGMModel, info: DataInfo, plugins: list[dict[str, str]]
+    ) -> None:
         self.path = Path(path)
         self.config = config
         self.model = model
@@ -89,7 +95,9 @@ class Run:
         meta = read("fgm.json")
         check_format(meta, path / "fgm.json")
         if meta.get("kind") != "run":
-            raise FGMError(f"{path} is not a run directory (kind {meta.get('kind')!r})", "give a training run directory")
+            raise FGMError(
+                f"{path} is not a run directory (kind {meta.get('kind')!r})", "give a training run directory"
+            )
         cfg = validate(read("config.json"), str(path / "config.json"))
         info = DataInfo.from_dict(read("data.json"))
         recorded = read("plugins.json")
@@ -106,8 +114,10 @@ class Run:
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise FGMError(f"{weights} does not match the run's networks ({str(e).splitlines()[0]})",
-                           "the architecture plugin changed since training; install the version in plugins.json") from None
+            raise FGMError(
+                f"{weights} does not match the run's networks ({str(e).splitlines()[0]})",
+                "the architecture plugin changed since training; install the version in plugins.json",
+            ) from None
         model.eval()
         return cls(path, cfg, model, info, recorded)
 
@@ -133,8 +143,10 @@ class Run:
         if t.dim() == 2 and len(shape) > 1 and t.shape[1] == d:
             t = t.reshape(-1, *shape)
         if tuple(t.shape[1:]) != shape:
-            raise FGMError(f"input has shape {tuple(t.shape)}, the model expects (N, {', '.join(map(str, shape))})",
-                           f"pass rows of {d} values")
+            raise FGMError(
+                f"input has shape {tuple(t.shape)}, the model expects (N, {', '.join(map(str, shape))})",
+                f"pass rows of {d} values",
+            )
         if t.shape[0] == 0:
             raise FGMError("input is empty (0 rows)", "pass at least one row")
         if not torch.isfinite(t).all():
@@ -183,7 +195,7 @@ class Run:
         out = []
         chunk = MAX_CALL_ROWS if len(self.info.shape) == 1 else 512  # most samples of one row per call
         for i in range(0, xm.shape[0], batch):
-            xb = xm[i:i + batch]
+            xb = xm[i : i + batch]
             if k <= chunk:
                 eps = torch.randn(k, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)
                 out.append(self.model.log_likelihood(xb, eps))
@@ -205,7 +217,7 @@ class Run:
         g = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         for i in range(0, xm.shape[0], batch):
-            xb = xm[i:i + batch]
+            xb = xm[i : i + batch]
             eps = None
             if self.model.critic_form != "density":
                 eps = torch.randn(k, xb.shape[0], self.model.latent_dim, generator=g, device=self.device)

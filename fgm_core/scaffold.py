@@ -25,22 +25,29 @@ NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 def check_name(name: str, taken: list[str] | tuple[str, ...] = ()) -> None:
     """Raise :class:`FGMError` unless ``name`` can name a plugin, its package and entry point."""
     if not NAME_RE.fullmatch(name) or name.endswith("_") or "__" in name:
-        raise FGMError(f"invalid plugin name {name!r}",
-                       "use 1 to 40 lowercase letters, digits and single underscores, starting with a letter, "
-                       "e.g. moons")
+        raise FGMError(
+            f"invalid plugin name {name!r}",
+            "use 1 to 40 lowercase letters, digits and single underscores, starting with a letter, e.g. moons",
+        )
     if keyword.iskeyword(name):
         raise FGMError(f"invalid plugin name {name!r}: it is a Python keyword", "choose another name")
     if name in taken:
-        raise FGMError(f"plugin name {name!r} is taken by an installed plugin",
-                       "choose another name; `fgm plugins` lists the taken ones")
+        raise FGMError(
+            f"plugin name {name!r} is taken by an installed plugin",
+            "choose another name; `fgm plugins` lists the taken ones",
+        )
 
 
 def new_plugin(name: str, out: Path | None = None, taken: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the package for plugin ``name`` into ``out`` (default ``./fgm-plugin-NAME``);
     returns the package directory. ``out`` must not exist yet."""
     check_name(name, taken)
-    values = {"name": name, "package": f"fgm_plugin_{name}", "dist": f"fgm-plugin-{name.replace('_', '-')}",
-              "fgm_version": __version__}
+    values = {
+        "name": name,
+        "package": f"fgm_plugin_{name}",
+        "dist": f"fgm-plugin-{name.replace('_', '-')}",
+        "fgm_version": __version__,
+    }
     target = Path(out) if out is not None else Path(values["dist"])
     if target.exists() or target.is_symlink():
         raise FGMError(f"{target} already exists", "choose another -o DIR or remove it")

@@ -56,8 +56,10 @@ def read_input(path: Path, what: str, limit: int) -> bytes:
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
             raise FGMError(f"cannot read {what} {path}: it is {kind}", "give a regular file")
         if st.st_size > limit:
-            raise FGMError(f"cannot read {what} {path}: it is {_size(st.st_size)}, more than the {_size(limit)} "
-                           "fgm reads", "check that this is the right file")
+            raise FGMError(
+                f"cannot read {what} {path}: it is {_size(st.st_size)}, more than the {_size(limit)} fgm reads",
+                "check that this is the right file",
+            )
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
             return f.read(st.st_size)  # bounded even if the file grows meanwhile
@@ -87,18 +89,24 @@ def confined_file(folder: Path, name: Any, source: Path | str) -> Path:
     user and may be a link.
     """
     if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
-        raise FGMError(f"{source} names the file {name!r}, which is not a plain relative file name",
-                       "restore the file, or re-create the folder with fgm")
+        raise FGMError(
+            f"{source} names the file {name!r}, which is not a plain relative file name",
+            "restore the file, or re-create the folder with fgm",
+        )
     parts = Path(name).parts
     if Path(name).is_absolute() or any(p in ("..", ".") for p in parts) or name != "/".join(parts):
-        raise FGMError(f"{source} names the file {name!r}, outside {folder}",
-                       "fgm reads only files inside the folder; restore the file, or re-create the folder with fgm")
+        raise FGMError(
+            f"{source} names the file {name!r}, outside {folder}",
+            "fgm reads only files inside the folder; restore the file, or re-create the folder with fgm",
+        )
     path = Path(folder)
     for part in parts:
         path = path / part
         if path.is_symlink():
-            raise FGMError(f"{path} is a symbolic link; fgm reads only plain files inside {folder}",
-                           "replace the link by a copy of the file")
+            raise FGMError(
+                f"{path} is a symbolic link; fgm reads only plain files inside {folder}",
+                "replace the link by a copy of the file",
+            )
     if path.exists() and not path.is_file():
         raise FGMError(f"{path} is not a regular file", "restore it from the folder's original copy")
     return path
@@ -110,8 +118,10 @@ def refuse_links(folder: Path) -> None:
     for root, dirs, files in os.walk(folder):
         for n in dirs + files:
             if os.path.islink(os.path.join(root, n)):
-                raise FGMError(f"{Path(root, n)} is a symbolic link; fgm writes only plain files inside {folder}",
-                               "replace the link by a copy of the file, or remove it")
+                raise FGMError(
+                    f"{Path(root, n)} is a symbolic link; fgm writes only plain files inside {folder}",
+                    "replace the link by a copy of the file, or remove it",
+                )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -121,8 +131,10 @@ def sha256_hex(data: bytes) -> str:
 def check_sha256(path: Path, data: bytes, expected: str | None) -> bytes:
     """``data`` (read from ``path``) when its sha256 is ``expected``; ``None``: not checked."""
     if expected is not None and sha256_hex(data) != expected:
-        raise FGMError(f"{path} does not match the sha256 recorded for it (corrupt, or changed or replaced "
-                       "after fgm wrote it)", "restore the original file, or retrain / re-export")
+        raise FGMError(
+            f"{path} does not match the sha256 recorded for it (corrupt, or changed or replaced after fgm wrote it)",
+            "restore the original file, or retrain / re-export",
+        )
     return data
 
 
@@ -195,8 +207,10 @@ def read_record(path: Path, model: type[R], raw: Any = None) -> R:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise FGMError(f"{path} is damaged: {where + ': ' if where else ''}{err['msg']}",
-                       "restore the file from a copy of the run, or retrain") from None
+        raise FGMError(
+            f"{path} is damaged: {where + ': ' if where else ''}{err['msg']}",
+            "restore the file from a copy of the run, or retrain",
+        ) from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
@@ -216,7 +230,9 @@ def load_tensors(path: Path, device: str | torch.device = "cpu", sha256: str | N
     try:
         out = st_load(data)
     except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure is corruption
-        raise FGMError(f"{path} is corrupt or truncated ({e})", "resume from an earlier checkpoint or retrain") from None
+        raise FGMError(
+            f"{path} is corrupt or truncated ({e})", "resume from an earlier checkpoint or retrain"
+        ) from None
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -228,8 +244,10 @@ def split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict):
         return {"__dict__": [[_key(k), split_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__list__": [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
@@ -284,7 +302,9 @@ def export_problem(folder: Path) -> str | None:
         return f"it has no fgm {MANIFEST}"
     extra = [n for n in _entries(folder) if n not in files and n != MANIFEST]
     if extra:
-        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+        return (
+            f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+        )
     for name, sha in files.items():
         try:
             path = confined_file(folder, name, manifest)
@@ -306,8 +326,10 @@ def check_export_target(out: Path) -> None:
         raise FGMError(f"{out} exists and is not a directory", "choose another -o directory")
     why = export_problem(out) if any(out.iterdir()) else None
     if why:
-        raise FGMError(f"{out} exists and is not an fgm export: {why}",
-                       "fgm replaces only a folder it wrote itself; choose another -o directory or move the files away")
+        raise FGMError(
+            f"{out} exists and is not an fgm export: {why}",
+            "fgm replaces only a folder it wrote itself; choose another -o directory or move the files away",
+        )
 
 
 def seal_export(folder: Path, manifest: dict[str, Any], exporter: str) -> dict[str, Any]:
@@ -317,8 +339,10 @@ def seal_export(folder: Path, manifest: dict[str, Any], exporter: str) -> dict[s
     if path.exists():
         manifest = read_json(path)
         if not isinstance(manifest, dict):
-            raise FGMError(f"exporter {exporter!r} wrote a {MANIFEST} that is not a JSON object",
-                           "report it to the exporter plugin's author")
+            raise FGMError(
+                f"exporter {exporter!r} wrote a {MANIFEST} that is not a JSON object",
+                "report it to the exporter plugin's author",
+            )
     files = {}
     for name in _entries(folder):
         if name != MANIFEST:
@@ -344,11 +368,25 @@ def replace_dir(new: Path, out: Path) -> None:
         old.rmdir()
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- run directories
 LOCK_FILE = "lock"
 #: What fgm itself writes into a run directory before its first checkpoint.
-RUN_FILES = frozenset({"fgm.json", "config.toml", "config.json", "plugins.json", "data.json", "metrics.jsonl",
-                       "resumes.jsonl", "tensorboard", "checkpoints", LOCK_FILE})
+RUN_FILES = frozenset(
+    {
+        "fgm.json",
+        "config.toml",
+        "config.json",
+        "plugins.json",
+        "data.json",
+        "metrics.jsonl",
+        "resumes.jsonl",
+        "tensorboard",
+        "checkpoints",
+        LOCK_FILE,
+    }
+)
 
 
 class RunLock:
@@ -378,8 +416,10 @@ def lock_run_dir(run_dir: Path) -> RunLock | None:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise FGMError(f"run directory {run_dir} is being written by another fgm process (pid {holder})",
-                       "wait for it to end, or stop it (Ctrl-C or kill PID; it writes a checkpoint), then resume") from None
+        raise FGMError(
+            f"run directory {run_dir} is being written by another fgm process (pid {holder})",
+            "wait for it to end, or stop it (Ctrl-C or kill PID; it writes a checkpoint), then resume",
+        ) from None
     except BaseException:
         os.close(fd)
         raise
@@ -485,9 +525,13 @@ def checkpoint_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
 
 def check_format(meta: Any, where: Path) -> None:
     if not isinstance(meta, dict):
-        raise FGMError(f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
-                       "restore the file from a copy of the run, or retrain")
+        raise FGMError(
+            f"{where} is damaged: it holds a JSON {type(meta).__name__}, not an object",
+            "restore the file from a copy of the run, or retrain",
+        )
     v = meta.get("format_version")
     if v != FORMAT_VERSION:
-        raise FGMError(f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
-                       "use the fgm version that wrote it, or retrain")
+        raise FGMError(
+            f"{where} has format version {v}, this fgm ({__version__}) reads {FORMAT_VERSION}",
+            "use the fgm version that wrote it, or retrain",
+        )

@@ -21,8 +21,17 @@ from fgm_core.storage import MAX_DATA_BYTES, read_input
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 #: what ``np.load`` of a damaged .npy/.npz raises (a cut file, a bad zip, a header that is not
 #: a Python literal: SyntaxError or tokenize's TokenError); each means "not a valid NumPy file"
-NUMPY_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError, TypeError,
-                     KeyError, OverflowError)
+NUMPY_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    SyntaxError,
+    tokenize.TokenError,
+    TypeError,
+    KeyError,
+    OverflowError,
+)
 
 
 def _is_number(s: str) -> bool:
@@ -33,13 +42,15 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def read_csv(path: Path, label_column: int | None = None,
-             prefix: str = "") -> tuple[np.ndarray, np.ndarray | None, bool]:
+def read_csv(
+    path: Path, label_column: int | None = None, prefix: str = ""
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(values (N, D) float64, labels (N,) str or None, whether there was a header row).
 
     ``label_column``: index (may be negative) of a column kept apart as text labels.
     ``prefix`` starts every error message (e.g. the dataset's name).
     """
+
     def err(problem: str, hint: str) -> FGMError:
         return FGMError(f"{prefix}{path}: {problem}", hint)
 
@@ -51,8 +62,7 @@ def read_csv(path: Path, label_column: int | None = None,
         raise err("permission denied", "fix its permissions") from None
     except (OSError, UnicodeDecodeError) as e:
         raise err(f"cannot be read as text ({e})", "give a plain-text CSV file") from None
-    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
-                if ln.strip() and not ln.lstrip().startswith("#")]
+    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
     if not numbered:
         raise err("is empty", "give one row per item")
     first = numbered[0][1]
@@ -66,8 +76,10 @@ def read_csv(path: Path, label_column: int | None = None,
     label_col = None
     if label_column is not None:
         if not -ncol <= label_column < ncol:
-            raise err(f"label_column {label_column} is out of range for {ncol} columns",
-                      f"use 0..{ncol - 1} or -1 for the last")
+            raise err(
+                f"label_column {label_column} is out of range for {ncol} columns",
+                f"use 0..{ncol - 1} or -1 for the last",
+            )
         label_col = label_column % ncol
     value_cols = [i for i in range(ncol) if i != label_col]
     if not value_cols:
@@ -79,21 +91,27 @@ def read_csv(path: Path, label_column: int | None = None,
     for lineno, line in body:  # numpy would drop the extra fields of a longer row (usecols)
         count = line.count(delim) + 1 if delim else len(line.split())
         if count != ncol:
-            raise err(f"line {lineno} has {count} columns, expected {ncol} (as in line {numbered[0][0]})",
-                      "give every row the same number of columns")
+            raise err(
+                f"line {lineno} has {count} columns, expected {ncol} (as in line {numbered[0][0]})",
+                "give every row the same number of columns",
+            )
     rows = [ln for _, ln in body]
     try:
         data = np.loadtxt(rows, delimiter=delim, usecols=value_cols, ndmin=2, dtype=np.float64)
-        labels = (np.loadtxt(rows, delimiter=delim, usecols=[label_col], dtype=str, ndmin=1)
-                  if label_col is not None else None)
+        labels = (
+            np.loadtxt(rows, delimiter=delim, usecols=[label_col], dtype=str, ndmin=1)
+            if label_col is not None
+            else None
+        )
     except ValueError as e:
         for lineno, line in body:  # slow path, only on failure: find the offending field
             f = split(line)
             bad = next((i for i in value_cols if not _is_number(f[i])), None)
             if bad is not None:
-                raise err(f"line {lineno}, column {bad + 1}: {f[bad]!r} is not a number",
-                          "only a header row (the first line) may hold text; "
-                          "use label_column for a text label column") from None
+                raise err(
+                    f"line {lineno}, column {bad + 1}: {f[bad]!r} is not a number",
+                    "only a header row (the first line) may hold text; use label_column for a text label column",
+                ) from None
         raise err(f"is not a numeric table: {e}", "check the delimiter and columns") from None
     if labels is not None:
         labels = np.char.strip(np.char.strip(labels), '"')

@@ -57,8 +57,9 @@ from fgm_core.storage import (
 from fgm_core.version import __version__
 
 
-def make_optimizer(name: str, params: list, lr: float, betas: tuple[float, float], wd: float,
-                   fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: list, lr: float, betas: tuple[float, float], wd: float, fused: bool = False
+) -> torch.optim.Optimizer:
     """``fused``: Adam/AdamW update every tensor in one kernel (CPU and CUDA), several times
     faster than the per-op update for small networks, where it is a large part of a step."""
     if name == "adam":
@@ -82,14 +83,21 @@ def lr_factor(kind: str, warmup: int, total: int):
         if kind == "step":
             return 0.1 ** int(3 * min(t, 0.999))
         return 1.0
+
     return f
 
 
 class Trainer:
     """Train one f-GM run into a run directory (see :meth:`fit`)."""
 
-    def __init__(self, cfg: FGMConfig, plugins: PluginSet, run_dir: Path | None = None,
-                 resume: bool = False, bundle: DataBundle | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FGMConfig,
+        plugins: PluginSet,
+        run_dir: Path | None = None,
+        resume: bool = False,
+        bundle: DataBundle | None = None,
+    ) -> None:
         self.cfg = cfg
         self.plugins = plugins
         #: what this resume changes, {key: (old, new)}; checked before any work (allowlist in config.py)
@@ -130,18 +138,23 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")
         self.opt_g = make_optimizer(o.optimizer, groups, o.lr, o.betas, o.weight_decay, fused)
         self.gen_params = [p for grp in groups for p in grp["params"]]
-        self.opt_c = make_optimizer(o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas,
-                                    o.weight_decay, fused)
+        self.opt_c = make_optimizer(
+            o.optimizer, list(m.critic.parameters()), o.critic_lr or o.lr, o.betas, o.weight_decay, fused
+        )
         factor = lr_factor(o.schedule, o.warmup_steps, cfg.run.steps)
         constant = o.schedule == "constant" and not o.warmup_steps  # nothing to schedule: skip the work
-        self.sched = [] if constant else [torch.optim.lr_scheduler.LambdaLR(opt, factor)
-                                          for opt in (self.opt_g, self.opt_c)]
+        self.sched = (
+            [] if constant else [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (self.opt_g, self.opt_c)]
+        )
         # all training noise comes from one generator, so its state makes resume exact
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
         self.train_x = self.info.scaling.to_model(self.bundle.train).to(self.device)
         if self.train_rows() % self.world:
-            raise FGMError(f"the batch of {self.train_rows()} rows (the whole training set) is not divisible by "
-                           f"the {self.world} training processes", "use a larger training set or fewer processes")
+            raise FGMError(
+                f"the batch of {self.train_rows()} rows (the whole training set) is not divisible by "
+                f"the {self.world} training processes",
+                "use a larger training set or fewer processes",
+            )
         self.step = 0
         self.epoch = 0
         self.pos = 0
@@ -169,8 +182,13 @@ class Trainer:
         self.step += 1
         if not cfg.critic.n_critic:  # the plain VAE: no critic step, no estimate of J
             return {"loss_generator": g.loss.detach(), "critic_data": g.critic_data}
-        return {"loss_critic": c.loss.detach(), "loss_generator": g.loss.detach(), "divergence": c.objective,  # type: ignore[dict-item]
-                "critic_data": c.critic_data, "critic_model": c.critic_model}  # type: ignore[dict-item]
+        return {
+            "loss_critic": c.loss.detach(),
+            "loss_generator": g.loss.detach(),
+            "divergence": c.objective,  # type: ignore[dict-item]
+            "critic_data": c.critic_data,
+            "critic_model": c.critic_model,  # type: ignore[dict-item]
+        }
 
     def _update(self, opt: torch.optim.Optimizer, loss: Tensor, params, who: str) -> None:
         params = list(params)
@@ -197,7 +215,7 @@ class Trainer:
             if self._perm is not None:
                 self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._epoch_perm()
-        idx = self._perm[self.pos:self.pos + b]
+        idx = self._perm[self.pos : self.pos + b]
         self.pos += b
         if self.world > 1:
             idx = idx.view(self.world, -1)[self.rank]
@@ -291,10 +309,12 @@ class Trainer:
     def _reporters(self, progress: bool | None) -> tuple[MetricsLogger, Progress]:
         """The metrics log (appending after the resumed step) and the progress bar; both only on process 0."""
         cfg = self.cfg
-        logger = MetricsLogger(self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0,
-                               upto=self.step if self.resume else None)
-        bar = Progress(cfg.run.steps, self.step,
-                       enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0)
+        logger = MetricsLogger(
+            self.run_dir, cfg.run.tensorboard, enabled=self.rank == 0, upto=self.step if self.resume else None
+        )
+        bar = Progress(
+            cfg.run.steps, self.step, enabled=(cfg.run.progress if progress is None else progress) and self.rank == 0
+        )
         return logger, bar
 
     def _step_naming_plugin(self) -> dict[str, Tensor]:
@@ -307,11 +327,17 @@ class Trainer:
             who = self._blame(e)
             if not who:
                 raise  # not from a plugin: an internal error, with its traceback under --debug
-            kept = (f"the last checkpoint (step {self.last_checkpoint}) is intact: fix the plugin, then "
-                    f"`fgm train --resume {self.run_dir}`" if self.last_checkpoint else "no checkpoint was written")
-            raise PluginError(f"training step {self.step + 1} failed in {' / '.join(who)}: "
-                              f"{type(e).__name__}: {' '.join(str(e).split())}; {kept}",
-                              "fix or update the plugin, or report it to its author") from e
+            kept = (
+                f"the last checkpoint (step {self.last_checkpoint}) is intact: fix the plugin, then "
+                f"`fgm train --resume {self.run_dir}`"
+                if self.last_checkpoint
+                else "no checkpoint was written"
+            )
+            raise PluginError(
+                f"training step {self.step + 1} failed in {' / '.join(who)}: "
+                f"{type(e).__name__}: {' '.join(str(e).split())}; {kept}",
+                "fix or update the plugin, or report it to its author",
+            ) from e
 
     def _blame(self, e: BaseException) -> list[str]:
         """The plugins (architecture, divergence) whose files appear in ``e``'s traceback."""
@@ -334,11 +360,14 @@ class Trainer:
         if self.world > 1:  # averaged over the processes too (clamped entries: summed)
             totals, clamped = self._reduce_stats(totals, clamped)
         row: dict[str, Any] = {k: float(v) / count for k, v in totals.items()}
-        row.update(step=self.step, time=round(elapsed, 3),
-                   f_prime_at_1=self.model.divergence.f_prime_at_1,
-                   clamped=clamped,
-                   sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
-                   lr=self.opt_g.param_groups[0]["lr"])
+        row.update(
+            step=self.step,
+            time=round(elapsed, 3),
+            f_prime_at_1=self.model.divergence.f_prime_at_1,
+            clamped=clamped,
+            sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
+            lr=self.opt_g.param_groups[0]["lr"],
+        )
         return row
 
     def _close_run(self) -> Path:
@@ -347,8 +376,12 @@ class Trainer:
             self.save_checkpoint()
         if self._stop:
             name = signal.Signals(self._stop).name
-            raise Interrupted(f"interrupted ({name}) at step {self.step}; checkpoint written: continue with "
-                              f"`fgm train --resume {self.run_dir}`", self._stop, self.step)
+            raise Interrupted(
+                f"interrupted ({name}) at step {self.step}; checkpoint written: continue with "
+                f"`fgm train --resume {self.run_dir}`",
+                self._stop,
+                self.step,
+            )
         if self.rank == 0:
             self.finish()
         dist.barrier()
@@ -357,19 +390,23 @@ class Trainer:
     def _failure_error(self, e: BaseException) -> FGMError | None:
         """The one-line error that replaces ``e`` (a NaN loss, a disk or permission error), or None: re-raise ``e``."""
         if isinstance(e, NonFiniteLoss):
-            return FGMError(f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
-                            "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, "
-                            "or lower divergence.max_exp")
+            return FGMError(
+                f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
+                "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp",
+            )
         if isinstance(e, OSError) and (self._created or self.resume):  # disk full, permissions: name the file
-            return FGMError(f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then "
-                            "run it again")
+            return FGMError(
+                f"{os_error_text(e)}; {self._kept()}", "free disk space or fix the permissions, then run it again"
+            )
         return None  # without a run directory yet (e.g. --out is a file) the CLI names the path of an OSError
 
     def _kept(self) -> str:
         if self.last_checkpoint is None:
             return "no checkpoint was written"
-        return (f"the last good checkpoint is step {self.last_checkpoint} (`fgm train --resume {self.run_dir}` "
-                "continues from it)")
+        return (
+            f"the last good checkpoint is step {self.last_checkpoint} (`fgm train --resume {self.run_dir}` "
+            "continues from it)"
+        )
 
     def _cleanup_failed(self) -> None:
         """A run directory this call created and never checkpointed holds nothing worth keeping."""
@@ -385,8 +422,9 @@ class Trainer:
 
     def _reduce_stats(self, totals: dict[str, Tensor], clamped: int) -> tuple[dict[str, Tensor], int]:
         keys = list(totals)
-        stats, n = dist.all_reduce_mean([torch.stack([totals[k] for k in keys]).float(),
-                                         torch.tensor([float(clamped)], device=self.device)])
+        stats, n = dist.all_reduce_mean(
+            [torch.stack([totals[k] for k in keys]).float(), torch.tensor([float(clamped)], device=self.device)]
+        )
         return dict(zip(keys, stats)), round(float(n) * self.world)
 
     def finish(self) -> None:
@@ -395,8 +433,11 @@ class Trainer:
         # fgm.json records the weights' sha256; until both are written it records none, so a
         # crash in between leaves a run that loads from its (identical) last checkpoint
         write_json(self.run_dir / "fgm.json", self._identity())
-        sha = save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(),
-                           metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)})
+        sha = save_tensors(
+            self.run_dir / "model.safetensors",
+            self.model.state_dict(),
+            metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)},
+        )
         write_json(self.run_dir / "fgm.json", {**self._identity(), "sha256": {"model.safetensors": sha}})
         run = Run(self.run_dir, self.cfg, self.model, self.info, self.plugins.resolved())
         t0 = time.perf_counter()
@@ -435,9 +476,12 @@ class Trainer:
             self._write_run_files()
         elif self.changes:
             self._write_config()
-        entry = {"time": datetime.now().isoformat(timespec="seconds"), "fgm_version": __version__,
-                 "from_step": self.step,
-                 "changed": {k: list(v) for k, v in self.changes.items()}}
+        entry = {
+            "time": datetime.now().isoformat(timespec="seconds"),
+            "fgm_version": __version__,
+            "from_step": self.step,
+            "changed": {k: list(v) for k, v in self.changes.items()},
+        }
         append_line(self.run_dir / "resumes.jsonl", json.dumps(entry))
 
     def _unlock(self) -> None:
@@ -476,8 +520,10 @@ class Trainer:
                             self._created = True
                             return
                         self._unlock()
-                    raise FGMError(f"run directory {self.run_dir} already exists",
-                                   "pass --resume to continue it, or another --name") from None
+                    raise FGMError(
+                        f"run directory {self.run_dir} already exists",
+                        "pass --resume to continue it, or another --name",
+                    ) from None
                 self.run_dir = base.with_name(f"{base.name}-{i}")
                 i += 1
 
@@ -513,16 +559,25 @@ class Trainer:
         try:
             sha = {"model.safetensors": save_tensors(ck / f"{tag}.model.safetensors", self.model.state_dict())}
             tensors: dict[str, Tensor] = {}
-            skeleton = split_state({
-                "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
-                "sched": [s.state_dict() for s in self.sched],
-                "gen": self.gen.get_state(),
-            }, "s", tensors)
+            skeleton = split_state(
+                {
+                    "opt_g": self.opt_g.state_dict(),
+                    "opt_c": self.opt_c.state_dict(),
+                    "sched": [s.state_dict() for s in self.sched],
+                    "gen": self.gen.get_state(),
+                },
+                "s",
+                tensors,
+            )
             sha["state.safetensors"] = save_tensors(ck / f"{tag}.state.safetensors", tensors)
-            sha["state.json"] = write_json(ck / f"{tag}.state.json", {"skeleton": skeleton, "step": self.step,
-                                                                       "epoch": self.epoch, "pos": self.pos})
-            write_json(self.run_dir / "checkpoint.json", {"step": self.step, "tag": tag,
-                                                          "format_version": FORMAT_VERSION, "sha256": sha})
+            sha["state.json"] = write_json(
+                ck / f"{tag}.state.json",
+                {"skeleton": skeleton, "step": self.step, "epoch": self.epoch, "pos": self.pos},
+            )
+            write_json(
+                self.run_dir / "checkpoint.json",
+                {"step": self.step, "tag": tag, "format_version": FORMAT_VERSION, "sha256": sha},
+            )
         except BaseException:  # the pointer still names the previous checkpoint: drop this one's files
             if prev != self.step:
                 for f in ck.glob(f"{tag}.*"):
@@ -540,8 +595,10 @@ class Trainer:
         try:
             self.model.load_state_dict(load_tensors(weights, self.device, sha256=model_sha))
         except RuntimeError as e:
-            raise FGMError(f"{weights} does not match the run's networks ({' '.join(str(e).split())[:200]})",
-                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
+            raise FGMError(
+                f"{weights} does not match the run's networks ({' '.join(str(e).split())[:200]})",
+                "the checkpoint is damaged: restore it from a copy of the run, or retrain",
+            ) from None
         meta = read_record(where, CheckpointState, read_json(where, sha256=meta_sha))
         tensors = load_tensors(state_file, sha256=state_sha)
         try:
@@ -555,15 +612,19 @@ class Trainer:
                 raise ValueError(f"{len(state['sched'])} schedules stored, the run has {len(self.sched)}")
             self.gen.set_state(state["gen"].cpu())
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-            raise FGMError(f"{where} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
-                           "the checkpoint is damaged: restore it from a copy of the run, or retrain") from None
+            raise FGMError(
+                f"{where} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                "the checkpoint is damaged: restore it from a copy of the run, or retrain",
+            ) from None
         self.step, self.epoch, self.pos = meta.step, meta.epoch, meta.pos
         # the epoch's row order is regenerated from (seed, epoch); pos 0: none was drawn yet
         self._perm = self._epoch_perm() if self.pos > 0 else None
         self.last_checkpoint = self.step
         if self.cfg.run.steps < self.step:
-            raise FGMError(f"run.steps={self.cfg.run.steps} is below the checkpoint's step {self.step}",
-                           f"resume with --steps {self.step} or more")
+            raise FGMError(
+                f"run.steps={self.cfg.run.steps} is below the checkpoint's step {self.step}",
+                f"resume with --steps {self.step} or more",
+            )
 
     def _apply_optim_settings(self) -> None:
         """Put the configured learning rates and schedule position into the optimisers: their
@@ -630,8 +691,9 @@ def _install_stop(trainer: Trainer) -> dict[int, Any]:
 
     def handler(signum, frame):  # noqa: ARG001
         if trainer._stop:  # the second request: stop now
-            raise Interrupted(f"aborted ({signal.Signals(signum).name}) before the checkpoint at the stop; "
-                              f"{trainer._kept()}", signum)
+            raise Interrupted(
+                f"aborted ({signal.Signals(signum).name}) before the checkpoint at the stop; {trainer._kept()}", signum
+            )
         trainer._stop = signum
 
     return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -696,8 +758,14 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, file=sys.stderr, unit="step", dynamic_ncols=True,
-                            disable=not enabled or env.flag("FGM_NO_PROGRESS"))
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                file=sys.stderr,
+                unit="step",
+                dynamic_ncols=True,
+                disable=not enabled or env.flag("FGM_NO_PROGRESS"),
+            )
 
     def update(self, step: int, row: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -27,6 +27,10 @@ def test_ruff_is_clean():
     run_tool("ruff", "check", "--no-cache")
 
 
+def test_ruff_format_is_applied():
+    run_tool("ruff", "format", "--check", "--no-cache")
+
+
 def test_mypy_is_clean():
     run_tool("mypy")
 

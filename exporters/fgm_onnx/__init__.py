@@ -59,5 +59,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'fgm_onnx' has no attribute {name!r}")
 
 
-__all__ = ["FGMRuntimeError", "OnnxExporter", "OnnxRuntimeModel", "RuntimeInputError", "open_export",
-           "register_exporters"]
+__all__ = [
+    "FGMRuntimeError",
+    "OnnxExporter",
+    "OnnxRuntimeModel",
+    "RuntimeInputError",
+    "open_export",
+    "register_exporters",
+]

@@ -211,52 +211,110 @@ def graph_specs(run: Any, model: FGMModel) -> list[GraphSpec]:
     specs: list[GraphSpec] = []
 
     if model.generator == "gaussian":
-        specs.append(GraphSpec(
-            "generator", GeneratorGraph(*args), [z_in, ("eps", [BATCH, *shape])], [("x", [BATCH, *shape])],
-            lambda r, z, eps: (sc.to_data(r.generate(z, eps)),),
-            "x = to_data(mean(z) + sigma * eps): one sample per row of z and eps"))
+        specs.append(
+            GraphSpec(
+                "generator",
+                GeneratorGraph(*args),
+                [z_in, ("eps", [BATCH, *shape])],
+                [("x", [BATCH, *shape])],
+                lambda r, z, eps: (sc.to_data(r.generate(z, eps)),),
+                "x = to_data(mean(z) + sigma * eps): one sample per row of z and eps",
+            )
+        )
     else:
-        specs.append(GraphSpec(
-            "generator", DeterministicGeneratorGraph(*args), [z_in], [("x", [BATCH, *shape])],
-            lambda r, z: (sc.to_data(r.generate(z, None)),), "x = to_data(G(z))"))
+        specs.append(
+            GraphSpec(
+                "generator",
+                DeterministicGeneratorGraph(*args),
+                [z_in],
+                [("x", [BATCH, *shape])],
+                lambda r, z: (sc.to_data(r.generate(z, None)),),
+                "x = to_data(G(z))",
+            )
+        )
 
-    specs.append(GraphSpec(
-        "encoder", EncoderGraph(*args), [x_in], [("mu", [BATCH, d]), ("logvar", [BATCH, d])],
-        lambda r, x: tuple(r.encode(tm(x))), "q(z|x) = N(mu, exp(logvar))"))
+    specs.append(
+        GraphSpec(
+            "encoder",
+            EncoderGraph(*args),
+            [x_in],
+            [("mu", [BATCH, d]), ("logvar", [BATCH, d])],
+            lambda r, x: tuple(r.encode(tm(x))),
+            "q(z|x) = N(mu, exp(logvar))",
+        )
+    )
 
     form = model.critic_form
     if form == "density":
         if model.density_estimator:  # n_critic = 0 (plain VAE): no estimator to export
-            specs.append(GraphSpec(
-                "density", DensityGraph(*args), [x_in], [("log_density", vec)],
-                lambda r, x: (r.log_density(tm(x)) + log_det,),
-                "log p_D(x) from the density estimator, nats, data units"))
+            specs.append(
+                GraphSpec(
+                    "density",
+                    DensityGraph(*args),
+                    [x_in],
+                    [("log_density", vec)],
+                    lambda r, x: (r.log_density(tm(x)) + log_det,),
+                    "log p_D(x) from the density estimator, nats, data units",
+                )
+            )
     elif form == "marginal":
         if _has_log_density(model):
-            specs.append(GraphSpec(
-                "density", MarginalDensityGraph(*args), [x_in, keps_in], [("critic", vec), ("log_density", vec)],
-                lambda r, x, eps: (_real(r.critic(tm(x))), r.log_density(tm(x), eps) + log_det),
-                "critic: raw V(x); log_density: log (f')^-1(g_f(V(x))) + log p(x), K encoder draws"))
+            specs.append(
+                GraphSpec(
+                    "density",
+                    MarginalDensityGraph(*args),
+                    [x_in, keps_in],
+                    [("critic", vec), ("log_density", vec)],
+                    lambda r, x, eps: (_real(r.critic(tm(x))), r.log_density(tm(x), eps) + log_det),
+                    "critic: raw V(x); log_density: log (f')^-1(g_f(V(x))) + log p(x), K encoder draws",
+                )
+            )
         else:
-            specs.append(GraphSpec(
-                "density", MarginalCriticGraph(*args), [x_in], [("critic", vec)],
-                lambda r, x: (_real(r.critic(tm(x))),), "critic: raw V(x)"))
+            specs.append(
+                GraphSpec(
+                    "density",
+                    MarginalCriticGraph(*args),
+                    [x_in],
+                    [("critic", vec)],
+                    lambda r, x: (_real(r.critic(tm(x))),),
+                    "critic: raw V(x)",
+                )
+            )
     else:  # joint
         if _has_log_density(model):
-            specs.append(GraphSpec(
-                "density", JointDensityGraph(*args), [x_in, z_in, keps_in], [("critic", vec), ("log_density", vec)],
-                lambda r, x, z, eps: (_real(r.critic(tm(x), z)), r.log_density(tm(x), eps) + log_det),
-                "critic: raw V(x, z); log_density: mean over K encoder draws of the section-4 estimate"))
+            specs.append(
+                GraphSpec(
+                    "density",
+                    JointDensityGraph(*args),
+                    [x_in, z_in, keps_in],
+                    [("critic", vec), ("log_density", vec)],
+                    lambda r, x, z, eps: (_real(r.critic(tm(x), z)), r.log_density(tm(x), eps) + log_det),
+                    "critic: raw V(x, z); log_density: mean over K encoder draws of the section-4 estimate",
+                )
+            )
         else:
-            specs.append(GraphSpec(
-                "density", JointCriticGraph(*args), [x_in, z_in], [("critic", vec)],
-                lambda r, x, z: (_real(r.critic(tm(x), z)),), "critic: raw V(x, z)"))
+            specs.append(
+                GraphSpec(
+                    "density",
+                    JointCriticGraph(*args),
+                    [x_in, z_in],
+                    [("critic", vec)],
+                    lambda r, x, z: (_real(r.critic(tm(x), z)),),
+                    "critic: raw V(x, z)",
+                )
+            )
 
     if model.generator == "gaussian":
-        specs.append(GraphSpec(
-            "likelihood", LikelihoodGraph(*args), [x_in, keps_in], [("log_likelihood", vec)],
-            lambda r, x, eps: (r.log_likelihood(tm(x), eps) + log_det,),
-            "importance-sampled log p(x), nats, data units; eps: K standard normal draws per row"))
+        specs.append(
+            GraphSpec(
+                "likelihood",
+                LikelihoodGraph(*args),
+                [x_in, keps_in],
+                [("log_likelihood", vec)],
+                lambda r, x, eps: (r.log_likelihood(tm(x), eps) + log_det,),
+                "importance-sampled log p(x), nats, data units; eps: K standard normal draws per row",
+            )
+        )
     return specs
 
 
@@ -280,8 +338,10 @@ def export_copies(run: Any) -> tuple[FGMModel, FGMModel]:
     except FGMError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise FGMError(f"architecture {name!r} failed to prepare its networks for export: {type(e).__name__}: {e}",
-                       "report it to the architecture plugin's author") from e
+        raise FGMError(
+            f"architecture {name!r} failed to prepare its networks for export: {type(e).__name__}: {e}",
+            "report it to the architecture plugin's author",
+        ) from e
     memo = {id(src.encoder): nets.encoder, id(src.decoder): nets.decoder, id(src.critic): nets.critic}
     model = copy.deepcopy(src, memo).cpu().eval()
     ref = copy.deepcopy(src).cpu().eval()
@@ -312,8 +372,18 @@ def _inputs(spec: GraphSpec, batch: int, k: int, model: FGMModel, sc: Any, g: to
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress prints, warnings and log lines (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx",
-                                              "onnxscript", "torch._export", "torch.onnx._internal")]
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch._dynamo",
+            "torch.export",
+            "torch.fx",
+            "onnxscript",
+            "torch._export",
+            "torch.onnx._internal",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -336,16 +406,34 @@ def _torch_export(spec: GraphSpec, example: dict[str, Tensor], path: Path, opset
 
         dims = {BATCH: Dim(BATCH, min=1), K: Dim(K, min=1)}
         dynamic = {n: {i: dims[s] for i, s in enumerate(shape) if s in dims} for n, shape in spec.inputs}
-        prog = torch.onnx.export(spec.module, args, None, input_names=names_in, output_names=names_out,
-                                 dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
-                                 verbose=False)
+        prog = torch.onnx.export(
+            spec.module,
+            args,
+            None,
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
         if prog is None:  # dynamo=True always returns the program
             raise FGMError("torch.onnx.export returned no ONNX program", "update torch")
         prog.save(str(path), external_data=False)
     else:
         axes = {n: {i: s for i, s in enumerate(shape) if s in (BATCH, K)} for n, shape in spec.inputs + spec.outputs}
-        torch.onnx.export(spec.module, args, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            spec.module,
+            args,
+            str(path),
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def _fix_io(model_proto: Any, spec: GraphSpec) -> None:
@@ -353,23 +441,32 @@ def _fix_io(model_proto: Any, spec: GraphSpec) -> None:
     for values, declared in ((model_proto.graph.input, spec.inputs), (model_proto.graph.output, spec.outputs)):
         by_name = {v.name: v for v in values}
         if [v.name for v in values] != [n for n, _ in declared]:
-            raise FGMError(f"{spec.role} graph has inputs/outputs {[v.name for v in values]}, expected "
-                           f"{[n for n, _ in declared]}", "report this as an fgm exporter bug")
+            raise FGMError(
+                f"{spec.role} graph has inputs/outputs {[v.name for v in values]}, expected {[n for n, _ in declared]}",
+                "report this as an fgm exporter bug",
+            )
         for name, shape in declared:
             dims = by_name[name].type.tensor_type.shape.dim
             if len(dims) != len(shape):
-                raise FGMError(f"{spec.role} graph: {name} has rank {len(dims)}, expected {len(shape)}",
-                               "report this as an fgm exporter bug")
+                raise FGMError(
+                    f"{spec.role} graph: {name} has rank {len(dims)}, expected {len(shape)}",
+                    "report this as an fgm exporter bug",
+                )
             for dim, want in zip(dims, shape):
                 if isinstance(want, str):
                     if dim.HasField("dim_value"):
-                        raise FGMError(f"{spec.role} graph: the {want} dimension of {name} was exported as the "
-                                       f"constant {dim.dim_value}", "the network branches on the batch size; "
-                                       "make it shape-agnostic (reshape(-1, ...), no Python arithmetic on shapes)")
+                        raise FGMError(
+                            f"{spec.role} graph: the {want} dimension of {name} was exported as the "
+                            f"constant {dim.dim_value}",
+                            "the network branches on the batch size; "
+                            "make it shape-agnostic (reshape(-1, ...), no Python arithmetic on shapes)",
+                        )
                     dim.dim_param = want
                 elif dim.HasField("dim_value") and dim.dim_value != want:
-                    raise FGMError(f"{spec.role} graph: {name} has size {dim.dim_value} where {want} was expected",
-                                   "report this as an fgm exporter bug")
+                    raise FGMError(
+                        f"{spec.role} graph: {name} has size {dim.dim_value} where {want} was expected",
+                        "report this as an fgm exporter bug",
+                    )
                 else:
                     dim.dim_value = int(want)
 
@@ -380,8 +477,11 @@ def divergence_entry(run: Any, model: FGMModel) -> dict[str, Any]:
     from fgm_core.divspec import config_label
     from fgm_core.plugins import get_plugins
 
-    return {**model.divergence.describe(), "params": dict(run.config.divergence.params),
-            "spec": config_label(run.config, get_plugins())}
+    return {
+        **model.divergence.describe(),
+        "params": dict(run.config.divergence.params),
+        "spec": config_label(run.config, get_plugins()),
+    }
 
 
 def metadata(run: Any, model: FGMModel, role: str, opset: int) -> dict[str, str]:
@@ -427,9 +527,14 @@ class Tolerance:
     override: bool = False
 
     def as_dict(self, reference: str) -> dict[str, Any]:
-        return {"rule": "|onnx - reference| <= atol + rtol * |reference| + factor * torch_float32_error",
-                "atol": self.atol, "rtol": self.rtol, "factor": self.factor, "override": self.override,
-                "reference": reference}
+        return {
+            "rule": "|onnx - reference| <= atol + rtol * |reference| + factor * torch_float32_error",
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "factor": self.factor,
+            "override": self.override,
+            "reference": reference,
+        }
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -437,8 +542,9 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a[finite].astype(np.float64) - b[finite]).max()) if finite.any() else 0.0
 
 
-def _parity(spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: FGMModel | None, sc: Any,
-            tol: Tolerance) -> bool:
+def _parity(
+    spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: FGMModel | None, sc: Any, tol: Tolerance
+) -> bool:
     """Run the saved graph with onnxruntime (CPU) at several batch sizes and judge every output
     against a float64 evaluation of the model (see :class:`Tolerance`). Fills ``spec.max_abs_diff``
     (onnx against PyTorch float32) and ``spec.parity``; returns whether the float64 reference
@@ -457,8 +563,10 @@ def _parity(spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: 
             t64 = None
             if ref64 is not None:
                 try:
-                    t64 = [t.detach().double().numpy()
-                           for t in spec.reference(ref64, **{n: v.double() for n, v in feeds.items()})]
+                    t64 = [
+                        t.detach().double().numpy()
+                        for t in spec.reference(ref64, **{n: v.double() for n, v in feeds.items()})
+                    ]
                 except Exception:  # noqa: BLE001 - some operator has no float64 kernel: judge in float32
                     ref64 = None
         got = sess.run(None, {n: t.numpy() for n, t in feeds.items()})
@@ -471,8 +579,11 @@ def _parity(spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: 
         for batch, t32, t64, got in cases:
             e, o = (t64 if use64 and t64 is not None else t32)[i], got[i]
             if e.shape != o.shape:
-                raise FGMError(f"ONNX parity failed: {spec.role} output {name!r} has shape {o.shape} at batch {batch}, "
-                               f"PyTorch gives {e.shape}", "report this as an fgm exporter bug")
+                raise FGMError(
+                    f"ONNX parity failed: {spec.role} output {name!r} has shape {o.shape} at batch {batch}, "
+                    f"PyTorch gives {e.shape}",
+                    "report this as an fgm exporter bug",
+                )
             diff = _max_abs(e, o)
             worst, worst_ref = max(worst, _max_abs(t32[i], o)), max(worst_ref, diff)
             ok = np.isclose(o, e, atol=allowed, rtol=tol.rtol, equal_nan=True)
@@ -483,15 +594,24 @@ def _parity(spec: GraphSpec, path: Path, model: FGMModel, ref: FGMModel, ref64: 
                     f"{int((~ok).sum())} of {ok.size} values outside {tol.atol:g} + {tol.rtol:g} * |ref| + "
                     f"{tol.factor:g} x {e32:.3g}, PyTorch float32's own error)",
                     "an operator exports incorrectly: try --exporter dynamo or another --opset; for a model this "
-                    "ill-conditioned on purpose, --atol/--rtol set the tolerance (recorded in the manifest)")
+                    "ill-conditioned on purpose, --atol/--rtol set the tolerance (recorded in the manifest)",
+                )
         spec.max_abs_diff[name] = worst
         spec.parity[name] = {"onnx_error": worst_ref, "torch_float32_error": e32, "atol_used": allowed}
     return use64
 
 
-def export_graph(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opset: int, exporter: str,
-                 ref: FGMModel | None = None, ref64: FGMModel | None = None,
-                 tol: Tolerance | None = None) -> bool:
+def export_graph(
+    spec: GraphSpec,
+    run: Any,
+    model: FGMModel,
+    path: Path,
+    opset: int,
+    exporter: str,
+    ref: FGMModel | None = None,
+    ref64: FGMModel | None = None,
+    tol: Tolerance | None = None,
+) -> bool:
     """Export, annotate, save as one self-contained file, check, and verify parity.
 
     ``exporter="auto"``: torch's TorchScript-based exporter (a second or two per graph), and
@@ -500,6 +620,7 @@ def export_graph(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opset: 
     """
     ref = model if ref is None else ref
     tol = tol or Tolerance()
+
     def attempt(name: str) -> bool:
         _export_checked(spec, run, model, path, opset, name)
         spec.exporter = name
@@ -528,15 +649,20 @@ def _export_checked(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opse
         raise
     except Exception as e:  # noqa: BLE001
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FGMError(f"ONNX export of the {spec.role} graph failed (opset {opset}, {exporter} exporter): "
-                       f"{type(e).__name__}: {first}", "try another --opset or exporter, or rerun with --debug") from e
+        raise FGMError(
+            f"ONNX export of the {spec.role} graph failed (opset {opset}, {exporter} exporter): "
+            f"{type(e).__name__}: {first}",
+            "try another --opset or exporter, or rerun with --debug",
+        ) from e
     proto = onnx.load(str(raw))  # loads external data, if any, back into the model
     for extra in raw.parent.glob(f"{raw.name}*"):
         extra.unlink()
     got = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     if got.get("ai.onnx") != opset:
-        raise FGMError(f"the {spec.role} graph came out with opset {got.get('ai.onnx')}, not {opset}",
-                       "choose an opset the installed torch exporter supports (18 or newer for dynamo)")
+        raise FGMError(
+            f"the {spec.role} graph came out with opset {got.get('ai.onnx')}, not {opset}",
+            "choose an opset the installed torch exporter supports (18 or newer for dynamo)",
+        )
     _fix_io(proto, spec)
     del proto.metadata_props[:]
     for key, value in metadata(run, model, spec.role, opset).items():
@@ -548,24 +674,26 @@ def _export_checked(spec: GraphSpec, run: Any, model: FGMModel, path: Path, opse
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001
-        raise FGMError(f"the ONNX checker rejected the {spec.role} graph: {str(e).strip().splitlines()[0]}",
-                       "try another --opset, or report it with the run's config") from e
+        raise FGMError(
+            f"the ONNX checker rejected the {spec.role} graph: {str(e).strip().splitlines()[0]}",
+            "try another --opset, or report it with the run's config",
+        ) from e
 
 
 # --------------------------------------------------------------------------- the manifest's contract
 SCALING_DOC = {
     "inside_graphs": True,
     "meaning": "data = model * scale + shift. Every graph takes and returns data units: the scaling is "
-               "inside the graphs, so callers never apply it.",
+    "inside the graphs, so callers never apply it.",
     "log_det_meaning": "log_det = -dims * log(scale) = log |d model / d data|. It is already added to the "
-                       "log_likelihood and log_density outputs (densities of data-unit x); subtract it to get "
-                       "densities in model units.",
+    "log_likelihood and log_density outputs (densities of data-unit x); subtract it to get "
+    "densities in model units.",
 }
 
 _IO_DOCS = {
     ("generator", "z"): "latent rows drawn from the prior p(z) = N(0, I)",
     ("generator", "eps"): "standard normal noise, one per data value: x = to_data(mean(z) + sigma * eps); "
-                          "zeros give the generator mean",
+    "zeros give the generator mean",
     ("generator", "x"): "samples in data units (not clipped; see sampling.clip)",
     ("encoder", "x"): "data rows in data units",
     ("encoder", "mu"): "mean of q(z|x), a diagonal Gaussian",
@@ -573,13 +701,13 @@ _IO_DOCS = {
     ("likelihood", "x"): "data rows in data units",
     ("likelihood", "eps"): "K standard normal draws per row; inside the graph z_k = mu + exp(logvar / 2) * eps_k",
     ("likelihood", "log_likelihood"): "log p(x) ~ logsumexp_k [log p(z_k) + log p(x|z_k) - log q(z_k|x)] - log K "
-                                      "+ log_det, nats per row (importance sampling with K draws)",
+    "+ log_det, nats per row (importance sampling with K draws)",
     ("density", "x"): "data rows in data units",
     ("density", "z"): "the latent paired with x for the joint critic V(x, z): it feeds only the critic output; "
-                      "log_density integrates z out with the K draws of eps (pass zeros when only log_density "
-                      "is wanted)",
+    "log_density integrates z out with the K draws of eps (pass zeros when only log_density "
+    "is wanted)",
     ("density", "eps"): "K standard normal draws per row for the log_density estimate "
-                        "(z_k = mu + exp(logvar / 2) * eps_k, mu and logvar from the encoder)",
+    "(z_k = mu + exp(logvar / 2) * eps_k, mu and logvar from the encoder)",
 }
 
 
@@ -590,10 +718,11 @@ def _io_doc(role: str, name: str, critic: str) -> str:
         if critic == "density":
             return "log p_D(x) = l(x) + log_det from the density estimator, nats per row"
         if critic == "joint":
-            return ("log p_D(x) ~ mean_k [log r(x, z_k) + log p(z_k) + log p(x|z_k) - log q(z_k|x)] + log_det, "
-                    "where log r = log (f')^-1(g_f(V)) is the density ratio the critic encodes; nats per row")
-        return ("log p_D(x) = log (f')^-1(g_f(V(x))) + log p(x) (the likelihood with K draws) + log_det; "
-                "nats per row")
+            return (
+                "log p_D(x) ~ mean_k [log r(x, z_k) + log p(z_k) + log p(x|z_k) - log q(z_k|x)] + log_det, "
+                "where log r = log (f')^-1(g_f(V)) is the density ratio the critic encodes; nats per row"
+            )
+        return "log p_D(x) = log (f')^-1(g_f(V(x))) + log p(x) (the likelihood with K draws) + log_det; nats per row"
     return _IO_DOCS.get((role, name), "")
 
 
@@ -610,23 +739,47 @@ def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
     image = info.kind == "image"
     return {
         "prior": {"z": f"standard normal N(0, I), shape (N, {d}), float32"},
-        "eps": ({"distribution": "standard normal, independent per value", "shape": ["N", *shape],
-                 "zeros": "the generator mean (fgm sample --mean)"} if gaussian else None),
-        "latent_eps": {"distribution": "standard normal", "shape": ["K", "N", d],
-                       "use": "the likelihood and free-critic density graphs: K importance draws per row"},
+        "eps": (
+            {
+                "distribution": "standard normal, independent per value",
+                "shape": ["N", *shape],
+                "zeros": "the generator mean (fgm sample --mean)",
+            }
+            if gaussian
+            else None
+        ),
+        "latent_eps": {
+            "distribution": "standard normal",
+            "shape": ["K", "N", d],
+            "use": "the likelihood and free-critic density graphs: K importance draws per row",
+        },
         "rng": "numpy.random.default_rng(seed) (PCG64), standard_normal(..., dtype=float32)",
-        "sample_rule": (f"rows are drawn in blocks of block_rows = {SAMPLE_BLOCK}: for each block of b rows, in "
-                        f"order, z = rng.standard_normal((b, {d})) then "
-                        + (f"eps = rng.standard_normal((b, {', '.join(map(str, shape))}))" if gaussian else
-                           "(no eps: the generator is deterministic)")
-                        + "; --mean draws z only"),
-        "score_rule": (f"log_likelihood and log_density draw, for each block of b = {SCORE_BLOCK} rows (fewer "
-                       "at the end), eps = rng.standard_normal((K, b, latent_dim)) from default_rng(seed)"),
+        "sample_rule": (
+            f"rows are drawn in blocks of block_rows = {SAMPLE_BLOCK}: for each block of b rows, in "
+            f"order, z = rng.standard_normal((b, {d})) then "
+            + (
+                f"eps = rng.standard_normal((b, {', '.join(map(str, shape))}))"
+                if gaussian
+                else "(no eps: the generator is deterministic)"
+            )
+            + "; --mean draws z only"
+        ),
+        "score_rule": (
+            f"log_likelihood and log_density draw, for each block of b = {SCORE_BLOCK} rows (fewer "
+            "at the end), eps = rng.standard_normal((K, b, latent_dim)) from default_rng(seed)"
+        ),
         "block_rows": SAMPLE_BLOCK,
         "score_block_rows": SCORE_BLOCK,
         "torch_runs": "a run directory (torch) draws from torch's generator: same distribution, other numbers",
-        "clip": ({"applied_by": "the runtime (fgm sample, OnnxRuntimeModel.sample), not the graph",
-                  "default": bool(clip), "range": list(_data_range(info))} if image else None),
+        "clip": (
+            {
+                "applied_by": "the runtime (fgm sample, OnnxRuntimeModel.sample), not the graph",
+                "default": bool(clip),
+                "range": list(_data_range(info)),
+            }
+            if image
+            else None
+        ),
     }
 
 
@@ -665,15 +818,27 @@ def rows_per_call(path: Path, spec: GraphSpec) -> dict[str, Any]:
     per = max(per, 4)
     k = any(s == K for _, shape in spec.inputs for s in shape)
     rec = int(min(65536, max(1, MEMORY_BUDGET["recommended"] // per)))
-    return {"unit": "row x k" if k else "row", "activation_bytes_per_unit": per, "weights_bytes": weights,
-            "recommended": rec, "maximum": int(max(1, MEMORY_BUDGET["maximum"] // per)),
-            "memory_estimate_mib_at_recommended": round((weights + rec * per) / 2**20, 1),
-            "note": "static upper bound: sum of all intermediate tensors, no buffer reuse"}
+    return {
+        "unit": "row x k" if k else "row",
+        "activation_bytes_per_unit": per,
+        "weights_bytes": weights,
+        "recommended": rec,
+        "maximum": int(max(1, MEMORY_BUDGET["maximum"] // per)),
+        "memory_estimate_mib_at_recommended": round((weights + rec * per) / 2**20, 1),
+        "note": "static upper bound: sum of all intermediate tensors, no buffer reuse",
+    }
 
 
-def export_run(run: Any, out_dir: Path, opset: int | None = None, exporter: str = "auto",
-               roles: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
-               clip: bool = False) -> dict[str, Any]:
+def export_run(
+    run: Any,
+    out_dir: Path,
+    opset: int | None = None,
+    exporter: str = "auto",
+    roles: list[str] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    clip: bool = False,
+) -> dict[str, Any]:
     """Export ``run`` into ``out_dir`` (one ``ROLE.onnx`` per role plus ``manifest.json``).
 
     ``opset``: ONNX opset (default 18). ``exporter``: ``auto`` (torch's TorchScript-based
@@ -697,8 +862,12 @@ def export_run(run: Any, out_dir: Path, opset: int | None = None, exporter: str 
     for what, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise FGMError(f"parity {what} must be a finite number >= 0, got {value!r}", f"e.g. --{what} 1e-3")
-    tol = Tolerance(ATOL if atol is None else float(atol), RTOL if rtol is None else float(rtol), PARITY_FACTOR,
-                    override=atol is not None or rtol is not None)
+    tol = Tolerance(
+        ATOL if atol is None else float(atol),
+        RTOL if rtol is None else float(rtol),
+        PARITY_FACTOR,
+        override=atol is not None or rtol is not None,
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, ref = export_copies(run)
@@ -707,26 +876,39 @@ def export_run(run: Any, out_dir: Path, opset: int | None = None, exporter: str 
     if roles is not None:
         unknown = set(roles) - {s.role for s in specs}
         if unknown:
-            raise FGMError(f"this run has no {sorted(unknown)[0]!r} graph", f"roles: {', '.join(s.role for s in specs)}")
+            raise FGMError(
+                f"this run has no {sorted(unknown)[0]!r} graph", f"roles: {', '.join(s.role for s in specs)}"
+            )
         specs = [s for s in specs if s.role in roles]
     graphs = []
     used64 = True
     for spec in specs:
         path = out_dir / f"{spec.role}.onnx"
-        used64 &= export_graph(spec, run, model, path, opset, exporter if opset >= 18 or exporter != "auto"
-                               else "torchscript", ref, ref64, tol)
-        graphs.append({
-            "role": spec.role,
-            "file": path.name,
-            "inputs": [_io_entry(n, s, spec.role, model.critic_form) for n, s in spec.inputs],
-            "outputs": [_io_entry(n, s, spec.role, model.critic_form) for n, s in spec.outputs],
-            "max_abs_diff": spec.max_abs_diff,
-            "parity": spec.parity,
-            "bytes": path.stat().st_size,
-            "doc": spec.doc,
-            "torch_exporter": spec.exporter,
-            "rows_per_call": rows_per_call(path, spec),
-        })
+        used64 &= export_graph(
+            spec,
+            run,
+            model,
+            path,
+            opset,
+            exporter if opset >= 18 or exporter != "auto" else "torchscript",
+            ref,
+            ref64,
+            tol,
+        )
+        graphs.append(
+            {
+                "role": spec.role,
+                "file": path.name,
+                "inputs": [_io_entry(n, s, spec.role, model.critic_form) for n, s in spec.inputs],
+                "outputs": [_io_entry(n, s, spec.role, model.critic_form) for n, s in spec.outputs],
+                "max_abs_diff": spec.max_abs_diff,
+                "parity": spec.parity,
+                "bytes": path.stat().st_size,
+                "doc": spec.doc,
+                "torch_exporter": spec.exporter,
+                "rows_per_call": rows_per_call(path, spec),
+            }
+        )
     info = run.info
     manifest = {
         "exporter": "onnx",
@@ -744,9 +926,12 @@ def export_run(run: Any, out_dir: Path, opset: int | None = None, exporter: str 
         "sampling": sampling_contract(model, info, clip),
         "opset": opset,
         "torch_exporter": exporter,
-        "parity": {"batch_sizes": list(PARITY_BATCHES), "k": list(PARITY_K), **tol.as_dict(
-            "float64 PyTorch" if used64 else "float32 PyTorch (the model does not run in float64)"),
-            "provider": "CPUExecutionProvider"},
+        "parity": {
+            "batch_sizes": list(PARITY_BATCHES),
+            "k": list(PARITY_K),
+            **tol.as_dict("float64 PyTorch" if used64 else "float32 PyTorch (the model does not run in float64)"),
+            "provider": "CPUExecutionProvider",
+        },
         "plugins": run.plugins,
         "config": run.config.to_dict(),
         "run": str(run.path),

@@ -25,8 +25,9 @@ class OnnxExporter(Exporter):
         allowed = {"opset", "exporter", "roles", "atol", "rtol", "clip"}
         unknown = set(options) - allowed
         if unknown:
-            raise FGMError(f"unknown ONNX export option {sorted(unknown)[0]!r}",
-                           f"accepted: {', '.join(sorted(allowed))}")
+            raise FGMError(
+                f"unknown ONNX export option {sorted(unknown)[0]!r}", f"accepted: {', '.join(sorted(allowed))}"
+            )
         return export_run(run, Path(out_dir), **options)
 
     def open(self, export_dir: Path, device: str = "auto", **options: Any) -> Any:

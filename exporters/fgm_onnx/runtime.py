@@ -152,8 +152,15 @@ class OnnxRuntimeModel:
     the manifest's ``sampling.clip.default``).
     """
 
-    def __init__(self, export_dir: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True, rows_per_call: int | None = None, clip: bool | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        device: str = "auto",
+        threads: int | None = None,
+        spinning: bool = True,
+        rows_per_call: int | None = None,
+        clip: bool | None = None,
+    ) -> None:
         self.path = Path(export_dir)
         self.device, self.device_id = _parse_device(device)
         if threads is not None:
@@ -171,17 +178,30 @@ class OnnxRuntimeModel:
             self.data_shape = tuple(int(s) for s in m["data_shape"])
             sc = m["scaling"]
             data = m.get("data") or {}
-            self.info = ExportInfo(str(data.get("dataset", "?")), self.data_shape, str(data.get("kind", "?")),
-                                   float(sc["shift"]), float(sc["scale"]), data.get("label_names"),
-                                   data.get("mixture"))
+            self.info = ExportInfo(
+                str(data.get("dataset", "?")),
+                self.data_shape,
+                str(data.get("kind", "?")),
+                float(sc["shift"]),
+                float(sc["scale"]),
+                data.get("label_names"),
+                data.get("mixture"),
+            )
             self.critic_form = str(m["critic"])
             self.generator = str(m["generator"])
             self.divergence = m.get("divergence")
             files = m["files"]
-            self.graphs = {g["role"]: _Graph(g["role"], self._top_file(g["file"], "graph file"), g["inputs"], g["outputs"],
-                                             str(files[g["file"]]),
-                                             rows=int((g.get("rows_per_call") or {}).get("recommended") or DEFAULT_ROWS))
-                           for g in m["graphs"]}
+            self.graphs = {
+                g["role"]: _Graph(
+                    g["role"],
+                    self._top_file(g["file"], "graph file"),
+                    g["inputs"],
+                    g["outputs"],
+                    str(files[g["file"]]),
+                    rows=int((g.get("rows_per_call") or {}).get("recommended") or DEFAULT_ROWS),
+                )
+                for g in m["graphs"]
+            }
             sampling = m.get("sampling") or {}
             self.sample_block = int(sampling.get("block_rows", SAMPLE_BLOCK))
             self.score_block = int(sampling.get("score_block_rows", SCORE_BLOCK))
@@ -190,8 +210,10 @@ class OnnxRuntimeModel:
             if self.clip is None:
                 self.clip = bool(clip_info.get("default", False))
         except (KeyError, TypeError, ValueError) as e:
-            raise FGMRuntimeError(f"{self.path / 'manifest.json'} is missing or has a bad field ({e!r})",
-                                  "re-export the run with `fgm export --onnx`") from None
+            raise FGMRuntimeError(
+                f"{self.path / 'manifest.json'} is missing or has a bad field ({e!r})",
+                "re-export the run with `fgm export --onnx`",
+            ) from None
         self.provider: str | None = None  # set by the first session
         self.device_message = ""
         self._providers: list[Any] | None = None
@@ -202,24 +224,38 @@ class OnnxRuntimeModel:
         of the export directory. The manifest is data: an absolute name, ``..`` or a symbolic
         link is refused (the runtime's form of ``fgm_core.storage.confined_file``, which it
         cannot import without torch)."""
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name or "\0" in name:
-            raise FGMRuntimeError(f"{self.path / 'manifest.json'} names the {what} {name!r}, outside {self.path}",
-                                  "graph files lie at the top of the export directory; re-export the run")
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or Path(name).name != name
+            or "\\" in name
+            or "\0" in name
+        ):
+            raise FGMRuntimeError(
+                f"{self.path / 'manifest.json'} names the {what} {name!r}, outside {self.path}",
+                "graph files lie at the top of the export directory; re-export the run",
+            )
         path = self.path / name
         if path.is_symlink():
-            raise FGMRuntimeError(f"{path} is a symbolic link; the runtime reads only plain files inside {self.path}",
-                                  "replace the link by a copy of the file")
+            raise FGMRuntimeError(
+                f"{path} is a symbolic link; the runtime reads only plain files inside {self.path}",
+                "replace the link by a copy of the file",
+            )
         if not path.is_file():
-            raise FGMRuntimeError(f"{what} {path} is missing or not a plain file",
-                                  "copy the whole export directory, or re-export the run")
+            raise FGMRuntimeError(
+                f"{what} {path} is missing or not a plain file", "copy the whole export directory, or re-export the run"
+            )
         return path
 
     def _graph_bytes(self, g: _Graph) -> bytes:
         """The graph's file, refused unless its sha256 is the one the manifest records."""
         data = g.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != g.sha256:
-            raise FGMRuntimeError(f"{g.path} does not match the sha256 recorded in manifest.json (corrupt, or "
-                                  "changed or replaced after the export)", "restore the original file, or re-export the run")
+            raise FGMRuntimeError(
+                f"{g.path} does not match the sha256 recorded in manifest.json (corrupt, or "
+                "changed or replaced after the export)",
+                "restore the original file, or re-export the run",
+            )
         return data
 
     def _read_manifest(self) -> dict[str, Any]:
@@ -227,23 +263,32 @@ class OnnxRuntimeModel:
         if not self.path.is_dir():
             raise FGMRuntimeError(f"export directory {self.path} not found", "give the directory `fgm export` wrote")
         if not path.exists() and not path.is_symlink():
-            raise FGMRuntimeError(f"{self.path} has no manifest.json, so it is not an fgm export",
-                                  "give the directory `fgm export --onnx` wrote")
+            raise FGMRuntimeError(
+                f"{self.path} has no manifest.json, so it is not an fgm export",
+                "give the directory `fgm export --onnx` wrote",
+            )
         self._top_file(path.name, "manifest")
         try:
             m = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FGMRuntimeError(f"cannot read {path}: {e}", "re-export the run") from None
         if not isinstance(m, dict) or m.get("exporter") != "onnx":
-            raise FGMRuntimeError(f"{path} is not an fgm ONNX manifest (exporter {m.get('exporter') if isinstance(m, dict) else None!r})",
-                                  "open it with the exporter that wrote it")
+            raise FGMRuntimeError(
+                f"{path} is not an fgm ONNX manifest (exporter {m.get('exporter') if isinstance(m, dict) else None!r})",
+                "open it with the exporter that wrote it",
+            )
         version = m.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise FGMRuntimeError(f"{path} has export format version {version!r}; this runtime reads version "
-                                  f"{FORMAT_VERSION}", "upgrade fgm (the runtime) or re-export with this version")
+            raise FGMRuntimeError(
+                f"{path} has export format version {version!r}; this runtime reads version {FORMAT_VERSION}",
+                "upgrade fgm (the runtime) or re-export with this version",
+            )
         if version < FORMAT_VERSION:
-            raise FGMRuntimeError(f"{path} has export format version {version!r}, older than this runtime's "
-                                  f"{FORMAT_VERSION} (no sha256 record of its files)", "re-export the run with this fgm")
+            raise FGMRuntimeError(
+                f"{path} has export format version {version!r}, older than this runtime's "
+                f"{FORMAT_VERSION} (no sha256 record of its files)",
+                "re-export the run with this fgm",
+            )
         return m
 
     @property
@@ -274,8 +319,10 @@ class OnnxRuntimeModel:
             self._settle(sess, [CPU], f"onnxruntime: running on {CPU}{why}")
             return sess
         if CUDA not in available:
-            raise FGMRuntimeError(f"device cuda: this onnxruntime build has no {CUDA} (available: {', '.join(available)})",
-                                  "install onnxruntime-gpu, or use --device cpu/auto")
+            raise FGMRuntimeError(
+                f"device cuda: this onnxruntime build has no {CUDA} (available: {', '.join(available)})",
+                "install onnxruntime-gpu, or use --device cpu/auto",
+            )
         with _capture_stderr() as log:
             sess = ort.InferenceSession(graph, self._options(), providers=cuda)
         active = sess.get_providers()[0]
@@ -284,9 +331,11 @@ class OnnxRuntimeModel:
             return sess
         reason = _first_error(log[0] if log else "")
         if self.device == "cuda":
-            raise FGMRuntimeError(f"device cuda: onnxruntime did not start the CUDA execution provider "
-                                  f"(the session runs on {active}; {reason})",
-                                  "install the CUDA and cuDNN versions this onnxruntime-gpu needs, or use --device cpu/auto")
+            raise FGMRuntimeError(
+                f"device cuda: onnxruntime did not start the CUDA execution provider "
+                f"(the session runs on {active}; {reason})",
+                "install the CUDA and cuDNN versions this onnxruntime-gpu needs, or use --device cpu/auto",
+            )
         self._settle(sess, [CPU], f"onnxruntime: running on {CPU} (CUDA did not start: {reason[:120]})")
         return sess
 
@@ -299,8 +348,10 @@ class OnnxRuntimeModel:
         g = self.graphs.get(role)
         if g is None:
             why = {"likelihood": "the generator is deterministic, so the model has no likelihood"}.get(role, "")
-            raise FGMRuntimeError(f"this export has no {role} graph{': ' + why if why else ''}",
-                                  f"graphs here: {', '.join(self.graphs) or 'none'}")
+            raise FGMRuntimeError(
+                f"this export has no {role} graph{': ' + why if why else ''}",
+                f"graphs here: {', '.join(self.graphs) or 'none'}",
+            )
         if g.session is None:
             try:
                 sess = self._new_session(self._graph_bytes(g))
@@ -308,19 +359,27 @@ class OnnxRuntimeModel:
             except FGMRuntimeError:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-                raise FGMRuntimeError(f"onnxruntime cannot load {g.path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-                                      "is this file an fgm ONNX export? re-export the run") from None
+                raise FGMRuntimeError(
+                    f"onnxruntime cannot load {g.path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                    "is this file an fgm ONNX export? re-export the run",
+                ) from None
             if meta.get("fgm.role") != role:
-                raise FGMRuntimeError(f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = "
-                                      f"{meta.get('fgm.role')!r})", "re-export the run with `fgm export --onnx`")
+                raise FGMRuntimeError(
+                    f"{g.path} is not an fgm {role} graph (its metadata has fgm.role = {meta.get('fgm.role')!r})",
+                    "re-export the run with `fgm export --onnx`",
+                )
             fv = meta.get("fgm.format_version", "")
             if not (fv.isascii() and fv.isdigit()) or int(fv) > FORMAT_VERSION:
-                raise FGMRuntimeError(f"{g.path} has export format version {fv!r}; this runtime reads {FORMAT_VERSION}",
-                                      "upgrade fgm or re-export the run")
+                raise FGMRuntimeError(
+                    f"{g.path} has export format version {fv!r}; this runtime reads {FORMAT_VERSION}",
+                    "upgrade fgm or re-export the run",
+                )
             names = [i.name for i in sess.get_inputs()]
             if names != [i["name"] for i in g.inputs]:
-                raise FGMRuntimeError(f"{g.path} takes inputs {names}, the manifest says "
-                                      f"{[i['name'] for i in g.inputs]}", "the export directory is inconsistent; re-export")
+                raise FGMRuntimeError(
+                    f"{g.path} takes inputs {names}, the manifest says {[i['name'] for i in g.inputs]}",
+                    "the export directory is inconsistent; re-export",
+                )
             for i in [*sess.get_inputs(), *sess.get_outputs()]:
                 self._check_shape(g, i.name, list(i.shape))
             g.session, g.meta = sess, dict(meta)
@@ -339,7 +398,8 @@ class OnnxRuntimeModel:
             raise FGMRuntimeError(
                 f"{g.path} has {name} of shape {shape}, but {self.path / 'manifest.json'} says latent_dim "
                 f"{self.latent_dim} and data_shape {list(self.data_shape)}",
-                "the export directory is inconsistent; re-export the run with `fgm export --onnx`")
+                "the export directory is inconsistent; re-export the run with `fgm export --onnx`",
+            )
 
     def settle_device(self) -> str:
         """Choose the execution provider now (by opening the smallest graph) and return the
@@ -376,8 +436,10 @@ class OnnxRuntimeModel:
             return sess.run(names, feeds)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own types, several lines each
             first = " ".join(str(e).split())[:300] or type(e).__name__
-            raise FGMRuntimeError(f"onnxruntime failed to run the {role} graph ({first})",
-                                  "check the input; if it is right, re-export the run") from None
+            raise FGMRuntimeError(
+                f"onnxruntime failed to run the {role} graph ({first})",
+                "check the input; if it is right, re-export the run",
+            ) from None
 
     # ------------------------------------------------------------------ input checks
     def _check_x(self, x: Any) -> np.ndarray:
@@ -394,25 +456,34 @@ class OnnxRuntimeModel:
         if a.ndim == 2 and len(shape) > 1 and a.shape[1] == d:
             a = a.reshape(-1, *shape)
         if tuple(a.shape[1:]) != shape or a.ndim < 1:
-            raise RuntimeInputError(f"input has shape {a.shape}, the model expects (N, {', '.join(map(str, shape))})",
-                                    f"pass rows of {d} values")
+            raise RuntimeInputError(
+                f"input has shape {a.shape}, the model expects (N, {', '.join(map(str, shape))})",
+                f"pass rows of {d} values",
+            )
         if a.shape[0] == 0:
             raise RuntimeInputError("input is empty (0 rows)", "pass at least one row")
         with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: reported next
             f32 = np.ascontiguousarray(a, dtype=np.float32)
         self._check_finite(a, "input")
         if not np.isfinite(f32).all():
-            raise RuntimeInputError(f"input values up to {float(np.abs(a).max()):.3g} overflow float32",
-                                    "rescale the data")
+            raise RuntimeInputError(
+                f"input values up to {float(np.abs(a).max()):.3g} overflow float32", "rescale the data"
+            )
         return f32
 
     @staticmethod
     def _check_finite(a: np.ndarray, what: str) -> None:
         bad = ~np.isfinite(a)
         if bad.any():
-            row = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(1))[0]) if a.ndim > 1 else int(np.flatnonzero(bad)[0])
-            raise RuntimeInputError(f"{what} has NaN or inf values (first in row {row})",
-                                    "clean the data" if what == "input" else f"pass finite {what}")
+            row = (
+                int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(1))[0])
+                if a.ndim > 1
+                else int(np.flatnonzero(bad)[0])
+            )
+            raise RuntimeInputError(
+                f"{what} has NaN or inf values (first in row {row})",
+                "clean the data" if what == "input" else f"pass finite {what}",
+            )
 
     def _check_noise(self, a: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         """Validate caller-given noise against ``shape`` (-1: any size)."""
@@ -422,8 +493,9 @@ class OnnxRuntimeModel:
         ok = arr.ndim == len(shape) and all(w < 0 or w == s for w, s in zip(shape, arr.shape))
         if not ok or 0 in arr.shape:
             want = ", ".join("N" if w < 0 else str(w) for w in shape)
-            raise RuntimeInputError(f"{what} has shape {arr.shape}, expected ({want})",
-                                    f"pass {what} of that shape (N >= 1)")
+            raise RuntimeInputError(
+                f"{what} has shape {arr.shape}, expected ({want})", f"pass {what} of that shape (N >= 1)"
+            )
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         self._check_finite(arr, what)
         return arr
@@ -435,16 +507,18 @@ class OnnxRuntimeModel:
             return _positive_int(override, "batch", "batch=")
         return self.rows_per_call or self.graphs[role].rows
 
-    def _run_rows(self, role: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None,
-                  rows: int | None = None) -> list[np.ndarray]:
+    def _run_rows(
+        self, role: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, rows: int | None = None
+    ) -> list[np.ndarray]:
         """Run a graph whose inputs all have rows on axis 0, in calls of at most ``rows`` rows."""
         n = next(iter(feeds.values())).shape[0]
         step = self._rows(role, rows)
-        parts = [self.run(role, {k: v[i:i + step] for k, v in feeds.items()}, outputs) for i in range(0, n, step)]
+        parts = [self.run(role, {k: v[i : i + step] for k, v in feeds.items()}, outputs) for i in range(0, n, step)]
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in zip(*parts)]
 
-    def _run_k(self, role: str, feeds: dict[str, np.ndarray], eps: np.ndarray, output: str, mean: bool,
-               rows: int | None = None) -> np.ndarray:
+    def _run_k(
+        self, role: str, feeds: dict[str, np.ndarray], eps: np.ndarray, output: str, mean: bool, rows: int | None = None
+    ) -> np.ndarray:
         """Run a graph that averages over K draws (``eps`` (K, N, d)) in calls of at most the
         per-call budget of rows x K. Chunks of K are combined exactly: a log-mean-exp of the
         chunks' log-means (``mean=False``, the likelihood) or a weighted mean (``mean=True``)."""
@@ -454,8 +528,10 @@ class OnnxRuntimeModel:
         step = max(1, budget // kc)
         out = []
         for i in range(0, n, step):
-            part = {name: v[i:i + step] for name, v in feeds.items()}
-            chunks = [self.run(role, {**part, "eps": eps[j:j + kc, i:i + step]}, [output])[0] for j in range(0, k, kc)]
+            part = {name: v[i : i + step] for name, v in feeds.items()}
+            chunks = [
+                self.run(role, {**part, "eps": eps[j : j + kc, i : i + step]}, [output])[0] for j in range(0, k, kc)
+            ]
             if len(chunks) == 1:
                 out.append(chunks[0])
                 continue
@@ -471,8 +547,16 @@ class OnnxRuntimeModel:
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     # ------------------------------------------------------------------ the abilities
-    def sample(self, n: int | None = None, seed: int = 0, z: Any = None, eps: Any = None, noise: bool = True,
-               batch: int | None = None, clip: bool | None = None) -> np.ndarray:
+    def sample(
+        self,
+        n: int | None = None,
+        seed: int = 0,
+        z: Any = None,
+        eps: Any = None,
+        noise: bool = True,
+        batch: int | None = None,
+        clip: bool | None = None,
+    ) -> np.ndarray:
         """``n`` samples in data units, (n, *data_shape) float32.
 
         Noise: ``z`` (n, d) and ``eps`` (n, *data_shape) if given, else standard normal
@@ -500,11 +584,11 @@ class OnnxRuntimeModel:
         out = []
         for i in range(0, n, self.sample_block):
             b = min(self.sample_block, n - i)
-            zb = z[i:i + b] if z is not None else rng.standard_normal((b, d), dtype=np.float32)
+            zb = z[i : i + b] if z is not None else rng.standard_normal((b, d), dtype=np.float32)
             feeds = {"z": zb}
             if gaussian:
                 if eps is not None:
-                    feeds["eps"] = eps[i:i + b]
+                    feeds["eps"] = eps[i : i + b]
                 elif noise:
                     feeds["eps"] = rng.standard_normal((b, *shape), dtype=np.float32)
                 else:
@@ -531,11 +615,12 @@ class OnnxRuntimeModel:
         rng = np.random.default_rng(seed)
         for i in range(0, x.shape[0], self.score_block):
             b = min(self.score_block, x.shape[0] - i)
-            e = eps[:, i:i + b] if eps is not None else rng.standard_normal((k, b, self.latent_dim), dtype=np.float32)
+            e = eps[:, i : i + b] if eps is not None else rng.standard_normal((k, b, self.latent_dim), dtype=np.float32)
             yield slice(i, i + b), e
 
-    def log_likelihood(self, x: Any, k: int = 100, seed: int = 0, eps: Any = None,
-                       batch: int | None = None) -> np.ndarray:
+    def log_likelihood(
+        self, x: Any, k: int = 100, seed: int = 0, eps: Any = None, batch: int | None = None
+    ) -> np.ndarray:
         """Importance-sampled log p(x) per row, nats, data units (K = ``k`` encoder draws).
 
         ``eps`` (K, N, d): the standard normal draws to use instead of ``seed``'s. Calls hold
@@ -546,12 +631,13 @@ class OnnxRuntimeModel:
         self._session("likelihood")
         k = _positive_int(k, "k", "-k")
         eps = self._latent_noise(eps, k, x.shape[0])
-        out = [self._run_k("likelihood", {"x": x[rows]}, e, "log_likelihood", mean=False, rows=batch)
-               for rows, e in self._k_blocks(x, k, seed, eps)]
+        out = [
+            self._run_k("likelihood", {"x": x[rows]}, e, "log_likelihood", mean=False, rows=batch)
+            for rows, e in self._k_blocks(x, k, seed, eps)
+        ]
         return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def log_density(self, x: Any, k: int = 16, seed: int = 0, eps: Any = None,
-                    batch: int | None = None) -> np.ndarray:
+    def log_density(self, x: Any, k: int = 16, seed: int = 0, eps: Any = None, batch: int | None = None) -> np.ndarray:
         """The density estimator's log p_D(x) per row, nats, data units.
 
         Density critic: l(x). Free critics: the section-4 estimate averaged over ``k`` encoder
@@ -563,7 +649,8 @@ class OnnxRuntimeModel:
             raise FGMRuntimeError(
                 f"this export has no log_density (critic {self.critic_form!r}, generator {self.generator!r}, "
                 f"divergence {self._divergence_name()!r})",
-                "a free critic yields densities only with a Gaussian generator and a strictly convex f")
+                "a free critic yields densities only with a Gaussian generator and a strictly convex f",
+            )
         names = [i["name"] for i in g.inputs]
         if "eps" not in names:
             return self._run_rows("density", {"x": x}, ["log_density"], rows=batch)[0]
@@ -600,8 +687,10 @@ class OnnxRuntimeModel:
         return str(d.get("name")) if isinstance(d, dict) else str(d)
 
     def __repr__(self) -> str:
-        return (f"OnnxRuntimeModel({str(self.path)!r}, roles={self.roles}, data_shape={self.data_shape}, "
-                f"latent_dim={self.latent_dim}, provider={self.provider or 'not started'})")
+        return (
+            f"OnnxRuntimeModel({str(self.path)!r}, roles={self.roles}, data_shape={self.data_shape}, "
+            f"latent_dim={self.latent_dim}, provider={self.provider or 'not started'})"
+        )
 
 
 def open_export(export_dir: str | os.PathLike, device: str = "auto", **kw: Any) -> OnnxRuntimeModel:

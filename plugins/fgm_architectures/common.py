@@ -108,8 +108,11 @@ def options_table(schema: Sequence[Option]) -> list[dict[str, Any]]:
 
 # Options every built-in architecture shares.
 LOGVAR_BOUND = Option(
-    "logvar_bound", 10.0, float,
-    "soft bound on the encoder's log-variance: logvar = b*tanh(raw/b); 0 disables it", minimum=0.0,
+    "logvar_bound",
+    10.0,
+    float,
+    "soft bound on the encoder's log-variance: logvar = b*tanh(raw/b); 0 disables it",
+    minimum=0.0,
 )
 
 
@@ -294,8 +297,7 @@ class ImageArchitecture(SchemaArchitecture):
         c, h, w = shape
         if c not in self.channels or h != w or h not in self.sizes:
             return (
-                f"architecture {self.name!r} supports {sizes} images with {chans} channels, "
-                f"not {c}x{h}x{w} (C x H x W)"
+                f"architecture {self.name!r} supports {sizes} images with {chans} channels, not {c}x{h}x{w} (C x H x W)"
             )
         if spec.latent_dim < 1:
             return f"latent_dim must be at least 1, got {spec.latent_dim}"

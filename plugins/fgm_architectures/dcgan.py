@@ -40,11 +40,15 @@ from .common import (
 )
 
 SCHEMA: tuple[Option, ...] = (
-    Option("channels", 64, int, "base width: channels of the first encoder/critic conv and last "
-           "decoder stage, doubled at each stride-2 stage", minimum=1),
+    Option(
+        "channels",
+        64,
+        int,
+        "base width: channels of the first encoder/critic conv and last decoder stage, doubled at each stride-2 stage",
+        minimum=1,
+    ),
     Option("norm", "batch", str, "normalisation in encoder and decoder", choices=("batch", "layer", "none")),
-    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)",
-           choices=("none", "layer")),
+    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)", choices=("none", "layer")),
     Option("z_hidden", 512, int, "joint critic: width of the z embedding and of the joint head", minimum=1),
     LOGVAR_BOUND,
 )
@@ -109,8 +113,9 @@ class DCGANArchitecture(ImageArchitecture):
         feat = top * s0 * s0
         if spec.critic == "joint":
             zh = o["z_hidden"]
-            z_net = nn.Sequential(nn.Linear(d, zh), nn.LeakyReLU(LEAKY_SLOPE),
-                                  nn.Linear(zh, zh), nn.LeakyReLU(LEAKY_SLOPE))
+            z_net = nn.Sequential(
+                nn.Linear(d, zh), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(zh, zh), nn.LeakyReLU(LEAKY_SLOPE)
+            )
             head = nn.Sequential(nn.Linear(feat + zh, zh), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(zh, 1))
             critic = Critic("joint", x_trunk, head, z_net)
         else:

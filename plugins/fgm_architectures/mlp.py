@@ -42,16 +42,25 @@ SCHEMA: tuple[Option, ...] = (
     Option("depth", 3, int, "number of hidden layers of encoder and decoder", minimum=1),
     Option("activation", "leaky_relu", str, "hidden activation (leaky_relu has slope 0.2)", choices=ACTIVATIONS),
     Option("norm", "none", str, "normalisation in encoder and decoder", choices=("none", "layer", "batch")),
-    Option("critic_hidden", None, int, "width of the critic's hidden layers (default: hidden)",
-           minimum=1, allow_none=True),
-    Option("critic_depth", None, int, "number of critic hidden layers (default: depth)",
-           minimum=1, allow_none=True),
-    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)",
-           choices=("none", "layer")),
-    Option("critic_fourier", 0, int, "random Fourier features of x in front of the critic: number of "
-           "frequencies (0: none)", minimum=0),
-    Option("critic_fourier_scale", 30.0, float, "std of the Fourier frequencies, per model unit of x "
-           "(about 0.3 / the finest data scale)", minimum=0.0),
+    Option(
+        "critic_hidden", None, int, "width of the critic's hidden layers (default: hidden)", minimum=1, allow_none=True
+    ),
+    Option("critic_depth", None, int, "number of critic hidden layers (default: depth)", minimum=1, allow_none=True),
+    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)", choices=("none", "layer")),
+    Option(
+        "critic_fourier",
+        0,
+        int,
+        "random Fourier features of x in front of the critic: number of frequencies (0: none)",
+        minimum=0,
+    ),
+    Option(
+        "critic_fourier_scale",
+        30.0,
+        float,
+        "std of the Fourier frequencies, per model unit of x (about 0.3 / the finest data scale)",
+        minimum=0.0,
+    ),
     LOGVAR_BOUND,
 )
 
@@ -141,8 +150,9 @@ class MLPArchitecture(SchemaArchitecture):
         if n_fourier:
             features = FourierFeatures(dim, n_fourier, o["critic_fourier_scale"])
             trunk, x_features = nn.Sequential(Flatten(), features), features.out_features
-        head = nn.Sequential(mlp([x_features + (d if joint else 0)] + [ch] * cdepth, act, o["critic_norm"]),
-                             nn.Linear(ch, 1))
+        head = nn.Sequential(
+            mlp([x_features + (d if joint else 0)] + [ch] * cdepth, act, o["critic_norm"]), nn.Linear(ch, 1)
+        )
         critic = Critic(spec.critic, trunk, head, nn.Identity() if joint else None)
         return Networks(encoder=encoder, decoder=decoder, critic=critic)
 

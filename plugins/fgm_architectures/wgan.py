@@ -45,12 +45,17 @@ from .common import (
 )
 
 SCHEMA: tuple[Option, ...] = (
-    Option("dim", 64, int, "base width DIM: the convs have DIM, 2*DIM, 4*DIM (and 8*DIM for 64x64) channels",
-           minimum=1),
-    Option("norm", "none", str, "normalisation in decoder and encoder (batch: the CIFAR-10 generator)",
-           choices=("none", "batch", "layer")),
-    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)",
-           choices=("none", "layer")),
+    Option(
+        "dim", 64, int, "base width DIM: the convs have DIM, 2*DIM, 4*DIM (and 8*DIM for 64x64) channels", minimum=1
+    ),
+    Option(
+        "norm",
+        "none",
+        str,
+        "normalisation in decoder and encoder (batch: the CIFAR-10 generator)",
+        choices=("none", "batch", "layer"),
+    ),
+    Option("critic_norm", "none", str, "normalisation in the critic (never batch norm)", choices=("none", "layer")),
     Option("z_hidden", 512, int, "joint critic: width of the z embedding and of the joint head", minimum=1),
     LOGVAR_BOUND,
 )
@@ -117,8 +122,9 @@ class WGANArchitecture(ImageArchitecture):
         feat = top * 4 * 4
         if spec.critic == "joint":
             zh = o["z_hidden"]
-            z_net = nn.Sequential(nn.Linear(d, zh), nn.LeakyReLU(LEAKY_SLOPE),
-                                  nn.Linear(zh, zh), nn.LeakyReLU(LEAKY_SLOPE))
+            z_net = nn.Sequential(
+                nn.Linear(d, zh), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(zh, zh), nn.LeakyReLU(LEAKY_SLOPE)
+            )
             head = nn.Sequential(nn.Linear(feat + zh, zh), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(zh, 1))
             critic = Critic("joint", x_trunk, head, z_net)
         else:

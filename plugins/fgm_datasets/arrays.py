@@ -37,14 +37,18 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
         obj = np.load(io.BytesIO(read_input(path, "data file", MAX_DATA_BYTES)), allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise _err(path, "holds pickled Python objects (object arrays or non-NumPy data), which are "
-                       "never loaded", "save a numeric array: np.save(path, x.astype(np.float32))") from None
+            raise _err(
+                path,
+                "holds pickled Python objects (object arrays or non-NumPy data), which are never loaded",
+                "save a numeric array: np.save(path, x.astype(np.float32))",
+            ) from None
         raise _err(path, f"is not a valid NumPy file ({e})", "write it with np.save / np.savez") from None
     except NUMPY_READ_ERRORS as e:
         if isinstance(e, PermissionError):
             raise _err(path, "permission denied", "fix its permissions") from None
-        raise _err(path, f"is not a valid NumPy file ({type(e).__name__}: {e})",
-                   "write it with np.save / np.savez") from None
+        raise _err(
+            path, f"is not a valid NumPy file ({type(e).__name__}: {e})", "write it with np.save / np.savez"
+        ) from None
     if isinstance(obj, np.ndarray):
         if opts.key or opts.labels_key:
             raise _err(path, "options key/labels_key apply only to .npz files", "remove them")
@@ -56,8 +60,7 @@ def _load_npy(path: Path, opts: ArrayOptions) -> tuple[np.ndarray, np.ndarray | 
         key = opts.key or keys[0]
         for k, opt in ((key, "key"), (opts.labels_key, "labels_key")):
             if k is not None and k not in keys:
-                raise _err(path, f"option {opt} = {k!r} is not in the archive",
-                           f"arrays in it: {', '.join(keys)}")
+                raise _err(path, f"option {opt} = {k!r} is not in the archive", f"arrays in it: {', '.join(keys)}")
         data = _npz_array(path, npz, key)
         labels = _npz_array(path, npz, opts.labels_key) if opts.labels_key else None
     return data, labels, key
@@ -68,8 +71,9 @@ def _npz_array(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
         return npz[key]
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise _err(path, f"array {key!r} holds pickled Python objects, which are never loaded",
-                       "save numeric arrays only") from None
+            raise _err(
+                path, f"array {key!r} holds pickled Python objects, which are never loaded", "save numeric arrays only"
+            ) from None
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
     except NUMPY_READ_ERRORS as e:
         raise _err(path, f"array {key!r} is damaged ({e})", "re-save the file") from None
@@ -125,13 +129,19 @@ def _scaling(x: np.ndarray, kind: str, mode: str, path: Path) -> tuple[Scaling, 
 def _as_items(x: np.ndarray, opts: ArrayOptions, path: Path) -> tuple[np.ndarray, str, str]:
     """Reshape to (N, D) vectors or (N, C, H, W) images; returns (x, kind, layout)."""
     if x.ndim < 2 or x.ndim > 4:
-        raise _err(path, f"has shape {x.shape}; expected (N, D) vectors, (N, H, W) or (N, C, H, W) images",
-                   "reshape it (a 1-D array of scalars is x.reshape(-1, 1))")
+        raise _err(
+            path,
+            f"has shape {x.shape}; expected (N, D) vectors, (N, H, W) or (N, C, H, W) images",
+            "reshape it (a 1-D array of scalars is x.reshape(-1, 1))",
+        )
     if opts.shape is not None:
         per = int(np.prod(x.shape[1:]))
         if int(np.prod(opts.shape)) != per or min(opts.shape) < 1:
-            raise _err(path, f"option shape {opts.shape} does not hold {per} values per item",
-                       f"the item shape is {tuple(x.shape[1:])}")
+            raise _err(
+                path,
+                f"option shape {opts.shape} does not hold {per} values per item",
+                f"the item shape is {tuple(x.shape[1:])}",
+            )
         x = x.reshape(len(x), *opts.shape)
     kind = opts.kind
     if kind == "auto":
@@ -139,8 +149,11 @@ def _as_items(x: np.ndarray, opts: ArrayOptions, path: Path) -> tuple[np.ndarray
     if kind == "vector":
         return x.reshape(len(x), -1), "vector", "flattened" if x.ndim > 2 else "(N, D)"
     if x.ndim == 2:
-        raise _err(path, f"kind 'image' needs (N, H, W) or (N, C, H, W) data, got {x.shape}",
-                   "set option shape, e.g. shape = [1, 28, 28]")
+        raise _err(
+            path,
+            f"kind 'image' needs (N, H, W) or (N, C, H, W) data, got {x.shape}",
+            "set option shape, e.g. shape = [1, 28, 28]",
+        )
     if x.ndim == 3:
         return x[:, None], "image", "(N, H, W)"
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3, 4):
@@ -171,8 +184,7 @@ def array(request: DataRequest) -> DataBundle:
     else:
         raise _err(path, f"unsupported file type {suffix or '(none)'}", "use .npy, .npz or .csv")
     if data.dtype.kind not in "biuf":
-        raise _err(path, f"array {source!r} has non-numeric dtype {data.dtype}",
-                   "store numbers (float32, uint8, ...)")
+        raise _err(path, f"array {source!r} has non-numeric dtype {data.dtype}", "store numbers (float32, uint8, ...)")
     if data.size == 0 or data.ndim == 0 or len(data) == 0:
         raise _err(path, f"array {source!r} is empty (shape {data.shape})", "give at least 2 items")
     if data.dtype.kind == "f":
@@ -180,9 +192,12 @@ def array(request: DataRequest) -> DataBundle:
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             n_nan = int(np.isnan(data).sum())
-            raise _err(path, f"has {int(bad.sum())} non-finite value(s) ({n_nan} NaN, "
-                       f"{int(bad.sum()) - n_nan} inf); the first at index {first}",
-                       "remove or impute them")
+            raise _err(
+                path,
+                f"has {int(bad.sum())} non-finite value(s) ({n_nan} NaN, "
+                f"{int(bad.sum()) - n_nan} inf); the first at index {first}",
+                "remove or impute them",
+            )
     x, kind, layout = _as_items(data, opts, path)
     names = None
     if labels is not None:
@@ -196,12 +211,23 @@ def array(request: DataRequest) -> DataBundle:
     tr, te = split_indices(len(x), request.test_fraction, request.seed, f"dataset 'array' ({path})")
     scaling, rule = _scaling(x[tr], kind, opts.scale, path)
     return make_bundle(
-        "array", x[tr], x[te], kind, scaling,  # type: ignore[arg-type]
+        "array",
+        x[tr],
+        x[te],
+        kind,  # type: ignore[arg-type]
+        scaling,
         train_labels=None if labels is None else labels[tr],
         test_labels=None if labels is None else labels[te],
         label_names=names,
-        info={"path": str(path), "source": source, "layout": layout, "scaling_rule": rule,
-              "dtype": str(data.dtype), "n_total": len(x), "seed": request.seed},
+        info={
+            "path": str(path),
+            "source": source,
+            "layout": layout,
+            "scaling_rule": rule,
+            "dtype": str(data.dtype),
+            "n_total": len(x),
+            "seed": request.seed,
+        },
     )
 
 

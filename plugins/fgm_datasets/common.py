@@ -62,9 +62,7 @@ def check_request(dataset: str, request: DataRequest) -> None:
         raise FGMError(f"dataset {dataset!r}: seed must be an integer, got {request.seed!r}", "set seed = 0")
     tf = request.test_fraction
     if not isinstance(tf, (int, float)) or not 0.0 < float(tf) < 1.0:
-        raise FGMError(
-            f"dataset {dataset!r}: test_fraction must be in (0, 1), got {tf!r}", "e.g. test_fraction = 0.1"
-        )
+        raise FGMError(f"dataset {dataset!r}: test_fraction must be in (0, 1), got {tf!r}", "e.g. test_fraction = 0.1")
 
 
 def rng(seed: int, stream: int = 0) -> np.random.Generator:
@@ -75,8 +73,7 @@ def rng(seed: int, stream: int = 0) -> np.random.Generator:
 def split_indices(n: int, test_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic random train/test split of ``n`` items (at least one of each)."""
     if n < 2:
-        raise FGMError(f"{what} has {n} item(s); at least 2 are needed for a train/test split",
-                       "add more data")
+        raise FGMError(f"{what} has {n} item(s); at least 2 are needed for a train/test split", "add more data")
     n_test = min(n - 1, max(1, int(round(n * float(test_fraction)))))
     perm = rng(seed, 99).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
@@ -145,6 +142,5 @@ def existing_path(dataset: str, path: str | Path, what: str = "path") -> Path:
     """Resolve a user path (``~`` expanded); FGMError if it does not exist."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FGMError(f"dataset {dataset!r}: {what} {str(p)!r} does not exist",
-                       f"check data.options.{what}")
+        raise FGMError(f"dataset {dataset!r}: {what} {str(p)!r} does not exist", f"check data.options.{what}")
     return p

@@ -24,7 +24,8 @@ class ImagesOptions(Options):
     size: int = Field(32, ge=4, le=1024, description="output side length (square)")
     channels: Literal[1, 3] = 3
     fit: Literal["crop", "stretch"] = Field(
-        "crop", description="crop: centre-crop to square then resize; stretch: resize directly")
+        "crop", description="crop: centre-crop to square then resize; stretch: resize directly"
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -39,19 +40,23 @@ def _scan(directory: Path) -> list[Path]:
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except PermissionError:
-        raise FGMError(f"dataset 'images': cannot list {directory} (permission denied)",
-                       "fix its permissions") from None
-    return [Path(e.path) for e in entries
-            if not e.name.startswith(".") and e.is_file() and Path(e.name).suffix.lower() in EXTENSIONS]
+        raise FGMError(
+            f"dataset 'images': cannot list {directory} (permission denied)", "fix its permissions"
+        ) from None
+    return [
+        Path(e.path)
+        for e in entries
+        if not e.name.startswith(".") and e.is_file() and Path(e.name).suffix.lower() in EXTENSIONS
+    ]
 
 
 def _subdirs(directory: Path) -> list[Path]:
     try:
-        return sorted(Path(e.path) for e in os.scandir(directory)
-                      if e.is_dir() and not e.name.startswith("."))
+        return sorted(Path(e.path) for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
     except PermissionError:
-        raise FGMError(f"dataset 'images': cannot list {directory} (permission denied)",
-                       "fix its permissions") from None
+        raise FGMError(
+            f"dataset 'images': cannot list {directory} (permission denied)", "fix its permissions"
+        ) from None
 
 
 def load_image(path: Path, size: int, channels: int, fit: str) -> np.ndarray:
@@ -63,8 +68,9 @@ def load_image(path: Path, size: int, channels: int, fit: str) -> np.ndarray:
     try:
         data = _read_bytes(path)
     except PermissionError:
-        raise FGMError(f"dataset 'images': cannot read {path} (permission denied)",
-                       "fix its permissions or remove it") from None
+        raise FGMError(
+            f"dataset 'images': cannot read {path} (permission denied)", "fix its permissions or remove it"
+        ) from None
     except OSError as e:
         raise FGMError(f"dataset 'images': cannot read {path}: {e.strerror or e}", "check the file") from None
     try:
@@ -83,11 +89,15 @@ def load_image(path: Path, size: int, channels: int, fit: str) -> np.ndarray:
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise FGMError(f"dataset 'images': {path} has more than {Image.MAX_IMAGE_PIXELS} pixels, too many to "
-                       "decode safely (a decompression bomb?)", "shrink the image or remove it") from None
+        raise FGMError(
+            f"dataset 'images': {path} has more than {Image.MAX_IMAGE_PIXELS} pixels, too many to "
+            "decode safely (a decompression bomb?)",
+            "shrink the image or remove it",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise FGMError(f"dataset 'images': {path} is not a readable image ({type(e).__name__}: {e})",
-                       "delete or replace the file") from None
+        raise FGMError(
+            f"dataset 'images': {path} is not a readable image ({type(e).__name__}: {e})", "delete or replace the file"
+        ) from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -105,9 +115,11 @@ def images(request: DataRequest) -> DataBundle:
     classes = [(n, files) for n, files in classes if files]
     exts = "/".join(sorted(e.lstrip(".") for e in EXTENSIONS))
     if top and classes:
-        raise FGMError(f"dataset 'images': {root} holds images both at top level ({top[0].name}, ...) and "
-                       f"in class subfolders ({classes[0][0]}/, ...)",
-                       "move the top-level images into a subfolder, or remove the subfolders")
+        raise FGMError(
+            f"dataset 'images': {root} holds images both at top level ({top[0].name}, ...) and "
+            f"in class subfolders ({classes[0][0]}/, ...)",
+            "move the top-level images into a subfolder, or remove the subfolders",
+        )
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = np.concatenate([np.full(len(fs), i, dtype=np.int64) for i, (_, fs) in enumerate(classes)])
@@ -115,19 +127,32 @@ def images(request: DataRequest) -> DataBundle:
     else:
         files, labels, names = top, None, None
     if not files:
-        raise FGMError(f"dataset 'images': no images ({exts}) in {root} or its subfolders",
-                       "add images, one subfolder per class if labelled")
+        raise FGMError(
+            f"dataset 'images': no images ({exts}) in {root} or its subfolders",
+            "add images, one subfolder per class if labelled",
+        )
     x = np.empty((len(files), opts.channels, opts.size, opts.size), dtype=np.uint8)
     for i, f in enumerate(files):
         x[i] = load_image(f, opts.size, opts.channels, opts.fit)
     tr, te = split_indices(len(files), request.test_fraction, request.seed, f"dataset 'images' ({root})")
     return make_bundle(
-        "images", x[tr].astype(np.float32), x[te].astype(np.float32), "image", IMAGE_SCALING,
+        "images",
+        x[tr].astype(np.float32),
+        x[te].astype(np.float32),
+        "image",
+        IMAGE_SCALING,
         train_labels=None if labels is None else labels[tr],
         test_labels=None if labels is None else labels[te],
         label_names=names,
-        info={"path": str(root), "n_files": len(files), "size": opts.size, "channels": opts.channels,
-              "fit": opts.fit, "classes": names, "seed": request.seed},
+        info={
+            "path": str(root),
+            "n_files": len(files),
+            "size": opts.size,
+            "channels": opts.channels,
+            "fit": opts.fit,
+            "classes": names,
+            "seed": request.seed,
+        },
     )
 
 

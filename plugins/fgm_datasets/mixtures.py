@@ -50,14 +50,17 @@ def grid_means() -> np.ndarray:
     return np.stack(np.meshgrid(v, v, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
-def _mixture_bundle(name: str, request: DataRequest, opts: MixtureOptions, means: np.ndarray,
-                    std: float, extra_info: dict) -> DataBundle:
+def _mixture_bundle(
+    name: str, request: DataRequest, opts: MixtureOptions, means: np.ndarray, std: float, extra_info: dict
+) -> DataBundle:
     k = len(means)
     kept = list(range(k)) if opts.modes is None else list(opts.modes)
     bad = [m for m in kept if not 0 <= m < k]
     if bad:
-        raise FGMError(f"dataset {name!r}: option modes has index {bad[0]} outside 0..{k - 1}",
-                       f"{name} has {k} modes, numbered 0..{k - 1}")
+        raise FGMError(
+            f"dataset {name!r}: option modes has index {bad[0]} outside 0..{k - 1}",
+            f"{name} has {k} modes, numbered 0..{k - 1}",
+        )
     kept_arr = np.array(sorted(kept), dtype=np.int64)
 
     def sample(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,10 +76,26 @@ def _mixture_bundle(name: str, request: DataRequest, opts: MixtureOptions, means
         "stds": torch.full((k, 2), float(std), dtype=torch.float32),
         "weights": torch.full((k,), 1.0 / k, dtype=torch.float32),
     }
-    info = {"kept_modes": kept_arr.tolist(), "n_modes": k, "std": float(std), "seed": request.seed,
-            "protocol": "PacGAN", **extra_info}
-    return make_bundle(name, xtr, xte, "vector", Scaling(), train_labels=ytr, test_labels=yte,
-                       label_names=[f"mode-{i}" for i in range(k)], mixture=mixture, info=info)
+    info = {
+        "kept_modes": kept_arr.tolist(),
+        "n_modes": k,
+        "std": float(std),
+        "seed": request.seed,
+        "protocol": "PacGAN",
+        **extra_info,
+    }
+    return make_bundle(
+        name,
+        xtr,
+        xte,
+        "vector",
+        Scaling(),
+        train_labels=ytr,
+        test_labels=yte,
+        label_names=[f"mode-{i}" for i in range(k)],
+        mixture=mixture,
+        info=info,
+    )
 
 
 def ring8(request: DataRequest) -> DataBundle:
@@ -84,8 +103,7 @@ def ring8(request: DataRequest) -> DataBundle:
     check_request("ring8", request)
     opts = parse_options("ring8", RingOptions, request.options)
     std = 0.01 if opts.std is None else opts.std
-    return _mixture_bundle("ring8", request, opts, ring_means(8, opts.radius), std,
-                           {"radius": opts.radius})
+    return _mixture_bundle("ring8", request, opts, ring_means(8, opts.radius), std, {"radius": opts.radius})
 
 
 def grid25(request: DataRequest) -> DataBundle:
@@ -107,5 +125,11 @@ def swissroll(request: DataRequest) -> DataBundle:
         x = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / 5.0
         return (x + opts.noise * g.standard_normal((n, 2))).astype(np.float32)
 
-    return make_bundle("swissroll", sample(opts.n_train, 0), sample(opts.n_test, 1), "vector", Scaling(),
-                       info={"noise": opts.noise, "seed": request.seed})
+    return make_bundle(
+        "swissroll",
+        sample(opts.n_train, 0),
+        sample(opts.n_test, 1),
+        "vector",
+        Scaling(),
+        info={"noise": opts.noise, "seed": request.seed},
+    )

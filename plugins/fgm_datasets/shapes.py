@@ -82,9 +82,17 @@ def shapes(request: DataRequest) -> DataBundle:
 
     xtr, ytr = make(opts.n_train, 0)
     xte, yte = make(opts.n_test, 1)
-    return make_bundle("shapes", xtr, xte, "image", IMAGE_SCALING, train_labels=ytr, test_labels=yte,
-                       label_names=list(CLASS_NAMES),
-                       info={"size": opts.size, "channels": opts.channels, "seed": request.seed})
+    return make_bundle(
+        "shapes",
+        xtr,
+        xte,
+        "image",
+        IMAGE_SCALING,
+        train_labels=ytr,
+        test_labels=yte,
+        label_names=list(CLASS_NAMES),
+        info={"size": opts.size, "channels": opts.channels, "seed": request.seed},
+    )
 
 
 def _peek(options: dict) -> tuple[str, tuple[int, int, int]]:

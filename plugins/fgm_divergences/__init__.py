@@ -35,14 +35,17 @@ def _check_params(name: str, params: dict[str, Any]) -> None:
     for key in params:
         if key not in accepted:
             ok = ", ".join(accepted) if accepted else "none"
-            raise FGMError(f"divergence {name!r} has no parameter {key!r}",
-                           f"accepted parameters: {ok}; edit [divergence.params]")
+            raise FGMError(
+                f"divergence {name!r} has no parameter {key!r}", f"accepted parameters: {ok}; edit [divergence.params]"
+            )
 
 
 def _check_max_exp(max_exp: Any) -> float:
     if isinstance(max_exp, bool) or not isinstance(max_exp, (int, float)) or not (0 < max_exp < math.inf):
-        raise FGMError(f"divergence.max_exp must be a positive finite number, got {max_exp!r}",
-                       "the default 40 keeps e^{2s} finite in float32")
+        raise FGMError(
+            f"divergence.max_exp must be a positive finite number, got {max_exp!r}",
+            "the default 40 keeps e^{2s} finite in float32",
+        )
     return float(max_exp)
 
 
@@ -65,15 +68,19 @@ def make_custom(max_exp: float = 40.0, **params: Any) -> DerivedDivergence:
     _check_params("custom", params)
     formula = params.get("formula")
     if formula is None:
-        raise FGMError("divergence 'custom' needs the parameter formula",
-                       'e.g. [divergence.params] formula = "u*log(u)"')
+        raise FGMError(
+            "divergence 'custom' needs the parameter formula", 'e.g. [divergence.params] formula = "u*log(u)"'
+        )
     if not isinstance(formula, str):
-        raise FGMError(f"divergence 'custom': formula must be a string, got {type(formula).__name__}",
-                       'e.g. formula = "u*log(u)"')
+        raise FGMError(
+            f"divergence 'custom': formula must be a string, got {type(formula).__name__}", 'e.g. formula = "u*log(u)"'
+        )
     offset = params.get("offset", 0.0)
     if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
-        raise FGMError(f"divergence 'custom': offset must be a finite number, got {offset!r}",
-                       "offset is the value of f(1), e.g. -1.3862943611198906 (-log 4)")
+        raise FGMError(
+            f"divergence 'custom': offset must be a finite number, got {offset!r}",
+            "offset is the value of f(1), e.g. -1.3862943611198906 (-log 4)",
+        )
     name = params.get("name") or "custom"
     if not isinstance(name, str):
         raise FGMError(f"divergence 'custom': name must be a string, got {name!r}", 'e.g. name = "my_kl"')

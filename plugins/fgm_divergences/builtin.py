@@ -406,8 +406,10 @@ class TotalVariation(ClosedForm):
         return _inf_where(t.abs() > 0.5, t)
 
     def inverse_f_prime_log(self, t: Tensor) -> Tensor:
-        raise FGMError("total_variation is not strictly convex: f' cannot be inverted to a density ratio",
-                       "use a strictly convex divergence (e.g. js, gan, kl) to read densities from a free critic")
+        raise FGMError(
+            "total_variation is not strictly convex: f' cannot be inverted to a density ratio",
+            "use a strictly convex divergence (e.g. js, gan, kl) to read densities from a free critic",
+        )
 
 
 class Jeffrey(ClosedForm):
@@ -454,13 +456,17 @@ class Alpha(ClosedForm):
     def __init__(self, max_exp: float = 40.0, alpha: float = 0.5) -> None:
         super().__init__(max_exp)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise FGMError(f"divergence 'alpha': alpha must be a finite number, got {alpha!r}",
-                           "e.g. [divergence.params] alpha = 0.5")
+            raise FGMError(
+                f"divergence 'alpha': alpha must be a finite number, got {alpha!r}",
+                "e.g. [divergence.params] alpha = 0.5",
+            )
         a = float(alpha)
         if a == 0.0 or a == 1.0:
             other = "reverse_kl" if a == 0.0 else "kl"
-            raise FGMError(f"divergence 'alpha': alpha = {alpha:g} is the limit case {other}, where the "
-                           "formula divides by zero", f"use divergence name = {other!r}, or alpha != 0, 1")
+            raise FGMError(
+                f"divergence 'alpha': alpha = {alpha:g} is the limit case {other}, where the formula divides by zero",
+                f"use divergence name = {other!r}, or alpha != 0, 1",
+            )
         self.a = a
         self.p = a / (a - 1)  # exponent in the conjugate
         self.params = {"alpha": a}
@@ -516,8 +522,7 @@ class Alpha(ClosedForm):
 
 
 BUILTIN_CLASSES: dict[str, type[ClosedForm]] = {
-    cls.name: cls
-    for cls in (KL, ReverseKL, Pearson, Neyman, Hellinger, JS, GAN, TotalVariation, Jeffrey, Alpha)
+    cls.name: cls for cls in (KL, ReverseKL, Pearson, Neyman, Hellinger, JS, GAN, TotalVariation, Jeffrey, Alpha)
 }
 
 __all__ = [

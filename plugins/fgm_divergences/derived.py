@@ -61,9 +61,18 @@ class DerivedDivergence(Divergence):
     supports_density = True
     strictly_convex = True
 
-    def __init__(self, f: Callable[[Tensor], Tensor], *, name: str, offset: float, max_exp: float,
-                 range_f_prime: tuple[float, float], f_prime_at_1: float, strictly_convex: bool,
-                 formula: str | None = None) -> None:
+    def __init__(
+        self,
+        f: Callable[[Tensor], Tensor],
+        *,
+        name: str,
+        offset: float,
+        max_exp: float,
+        range_f_prime: tuple[float, float],
+        f_prime_at_1: float,
+        strictly_convex: bool,
+        formula: str | None = None,
+    ) -> None:
         super().__init__(max_exp)
         self._fn = f
         self.name = name
@@ -153,8 +162,10 @@ class DerivedDivergence(Divergence):
     def inverse_f_prime_log(self, t: Tensor) -> Tensor:
         """log (f')^{-1}(t) by bisection, confined to the grid [-27.6, 27.6]."""
         if not self.strictly_convex:
-            raise FGMError(f"divergence {self.name!r} is not strictly convex: f' cannot be inverted",
-                           "use a strictly convex f to read densities from a free critic")
+            raise FGMError(
+                f"divergence {self.name!r} is not strictly convex: f' cannot be inverted",
+                "use a strictly convex f to read densities from a free critic",
+            )
         with torch.no_grad():
             return self._solve_log_u(t.to(torch.float64)).to(t.dtype)
 
@@ -179,8 +190,14 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def from_f(f: Callable[[Tensor], Tensor], *, name: str = "custom", offset: float = 0.0,
-           max_exp: float = 40.0, formula: str | None = None) -> DerivedDivergence:
+def from_f(
+    f: Callable[[Tensor], Tensor],
+    *,
+    name: str = "custom",
+    offset: float = 0.0,
+    max_exp: float = 40.0,
+    formula: str | None = None,
+) -> DerivedDivergence:
     """Build a :class:`Divergence` from a convex generator ``f`` (elementwise on tensors).
 
     Checks, on u in [1e-12, 1e12] (log grid, float64), in this order, each failure an
@@ -193,46 +210,64 @@ def from_f(f: Callable[[Tensor], Tensor], *, name: str = "custom", offset: float
         raise FGMError(f"{label}: offset must be a finite number, got {offset!r}", "e.g. offset = -1.3863")
     u = torch.logspace(GRID_LO, GRID_HI, GRID_POINTS, dtype=torch.float64)
     ends = torch.tensor([1e-8, 1e-10, 1e-12, 1e8, 1e10, 1e12, 1.0], dtype=torch.float64)
-    probe = DerivedDivergence(f, name=name, offset=offset, max_exp=max_exp, range_f_prime=(-math.inf, math.inf),
-                              f_prime_at_1=0.0, strictly_convex=True, formula=formula)
+    probe = DerivedDivergence(
+        f,
+        name=name,
+        offset=offset,
+        max_exp=max_exp,
+        range_f_prime=(-math.inf, math.inf),
+        f_prime_at_1=0.0,
+        strictly_convex=True,
+        formula=formula,
+    )
     try:
         fu, g = probe._f_and_prime(u, create_graph=False)
         fe, ge = probe._f_and_prime(ends, create_graph=False)
     except FGMError:
         raise
     except Exception as e:  # noqa: BLE001 - a user function may fail in any way
-        raise FGMError(f"{label}: evaluating f failed: {type(e).__name__}: {e}",
-                       "f must map a float64 tensor of u > 0 to a tensor of the same shape") from None
+        raise FGMError(
+            f"{label}: evaluating f failed: {type(e).__name__}: {e}",
+            "f must map a float64 tensor of u > 0 to a tensor of the same shape",
+        ) from None
 
     for values, what in ((fu, "f(u)"), (g, "f'(u)")):
         bad = ~torch.isfinite(values)
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise FGMError(f"{label}: {what} is {values[i].item()} at u = {_fmt(u[i].item())}",
-                           "f must be finite with a finite derivative for all u in [1e-12, 1e12]")
+            raise FGMError(
+                f"{label}: {what} is {values[i].item()} at u = {_fmt(u[i].item())}",
+                "f must be finite with a finite derivative for all u in [1e-12, 1e12]",
+            )
     if not torch.isfinite(fe).all() or not torch.isfinite(ge).all():
-        raise FGMError(f"{label}: f or f' is not finite at u = 1 or near the ends of [1e-12, 1e12]",
-                       "f must be finite with a finite derivative for all u > 0")
+        raise FGMError(
+            f"{label}: f or f' is not finite at u = 1 or near the ends of [1e-12, 1e12]",
+            "f must be finite with a finite derivative for all u > 0",
+        )
 
     f1 = fe[-1].item()
     if abs(f1 - offset) > OFFSET_TOL * (1 + abs(offset)):
         must = "0" if offset == 0 else f"the offset {offset:.6g}"
-        raise FGMError(f"{label}: f(1) = {f1:.6g} but must be {must} (a divergence must vanish when the two "
-                       "distributions agree)",
-                       f"subtract {f1:.6g} from f, or if the constant is intended (as -log 4 for gan) "
-                       f"pass offset = {f1:.6g}")
+        raise FGMError(
+            f"{label}: f(1) = {f1:.6g} but must be {must} (a divergence must vanish when the two distributions agree)",
+            f"subtract {f1:.6g} from f, or if the constant is intended (as -log 4 for gan) pass offset = {f1:.6g}",
+        )
 
     dg = g[1:] - g[:-1]
     tol = CONVEX_TOL * (1 + g[1:].abs() + g[:-1].abs())
     dec = dg < -tol
     if dec.any():
         i = int(dec.nonzero()[0])
-        raise FGMError(f"{label}: f is not convex on (0, inf): f' decreases between u = {_fmt(u[i].item())} "
-                       f"and u = {_fmt(u[i + 1].item())} (from {g[i].item():.6g} to {g[i + 1].item():.6g})",
-                       "an f-divergence needs a convex f; check signs, e.g. u*log(u) not -u*log(u)")
+        raise FGMError(
+            f"{label}: f is not convex on (0, inf): f' decreases between u = {_fmt(u[i].item())} "
+            f"and u = {_fmt(u[i + 1].item())} (from {g[i].item():.6g} to {g[i + 1].item():.6g})",
+            "an f-divergence needs a convex f; check signs, e.g. u*log(u) not -u*log(u)",
+        )
     if (g.max() - g.min()).item() <= CONVEX_TOL * (1 + g.abs().max().item()):
-        raise FGMError(f"{label}: f is linear (f' is constant), so the divergence is 0 for every pair",
-                       "give a strictly convex f, e.g. u*log(u)")
+        raise FGMError(
+            f"{label}: f is linear (f' is constant), so the divergence is 0 for every pair",
+            "give a strictly convex f, e.g. u*log(u)",
+        )
 
     lg = torch.log10(u)
     mid = (lg[1:] > STRICT_RANGE[0]) & (lg[:-1] < STRICT_RANGE[1])
@@ -243,8 +278,16 @@ def from_f(f: Callable[[Tensor], Tensor], *, name: str = "custom", offset: float
     upper = _tail(ge_l[3], ge_l[4], ge_l[5])
     rng = (-math.inf if lower is None else lower, math.inf if upper is None else upper)
     f_prime_at_1 = ge_l[6]
-    return DerivedDivergence(f, name=name, offset=offset, max_exp=max_exp, range_f_prime=rng,
-                             f_prime_at_1=f_prime_at_1, strictly_convex=strict, formula=formula)
+    return DerivedDivergence(
+        f,
+        name=name,
+        offset=offset,
+        max_exp=max_exp,
+        range_f_prime=rng,
+        f_prime_at_1=f_prime_at_1,
+        strictly_convex=strict,
+        formula=formula,
+    )
 
 
 __all__ = ["DerivedDivergence", "from_f"]

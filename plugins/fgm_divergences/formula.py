@@ -74,15 +74,18 @@ def parse_formula(text: str) -> Callable[[Tensor], Tensor]:
     if not text.strip():
         raise FGMError("formula is empty", 'give f(u) as an expression in u, e.g. "u*log(u)"')
     if len(text) > MAX_LENGTH:
-        raise FGMError(f"formula is {len(text)} characters long, over the limit of {MAX_LENGTH}",
-                       "simplify the expression")
+        raise FGMError(
+            f"formula is {len(text)} characters long, over the limit of {MAX_LENGTH}", "simplify the expression"
+        )
     if "\x00" in text:
         raise FGMError("formula contains a NUL character", "remove it")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise FGMError(f"formula {text!r} is not a valid expression: {e.msg}",
-                       'write f(u) with Python syntax, e.g. "u*log(u)"; powers use **') from None
+        raise FGMError(
+            f"formula {text!r} is not a valid expression: {e.msg}",
+            'write f(u) with Python syntax, e.g. "u*log(u)"; powers use **',
+        ) from None
     except (MemoryError, RecursionError, ValueError):
         raise FGMError(f"formula {text!r} is nested too deeply or malformed", "simplify the expression") from None
     src = text.strip()
@@ -108,8 +111,9 @@ def _build(node: ast.AST, text: str, depth: int) -> Node:
         try:
             number = float(value)
         except OverflowError:
-            raise FGMError(f"formula {text!r}: the number {_token(text, node)} is too large",
-                           "use a float of at most about 1e308") from None
+            raise FGMError(
+                f"formula {text!r}: the number {_token(text, node)} is too large", "use a float of at most about 1e308"
+            ) from None
         return lambda u: torch.as_tensor(number, dtype=u.dtype, device=u.device)
     if isinstance(node, ast.Name):
         if node.id == VARIABLE:

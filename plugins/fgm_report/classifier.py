@@ -35,8 +35,10 @@ class _Net(nn.Module):
     def __init__(self, channels: int, size: tuple[int, int], n_classes: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         h, w = (size[0] + 3) // 4, (size[1] + 3) // 4
@@ -51,8 +53,16 @@ class _Net(nn.Module):
 class Classifier:
     """Predicts classes and penultimate features of data-unit images."""
 
-    def __init__(self, net: _Net, shift: float, scale: float, n_classes: int, accuracy: float, cached: bool,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        net: _Net,
+        shift: float,
+        scale: float,
+        n_classes: int,
+        accuracy: float,
+        cached: bool,
+        path: Path | None = None,
+    ) -> None:
         self.net = net.eval()
         self.shift, self.scale = shift, scale
         self.n_classes = n_classes
@@ -68,7 +78,7 @@ class Classifier:
         fs, ls = [], []
         x = self._in(x)
         for i in range(0, x.shape[0], batch):
-            f, lo = self.net(x[i:i + batch])
+            f, lo = self.net(x[i : i + batch])
             fs.append(f)
             ls.append(lo)
         return torch.cat(fs), torch.cat(ls)
@@ -82,11 +92,23 @@ class Classifier:
 
 def _key(bundle: Any, cfg: Any) -> str:
     tr = bundle.train
-    fp = [float(tr.double().sum()), float(tr[0].double().sum()), float(tr[-1].double().sum()),
-          float(bundle.train_labels.double().sum())]
-    spec = {"version": VERSION, "dataset": bundle.name, "options": cfg.data.options if cfg is not None else None,
-            "seed": cfg.run.seed if cfg is not None else None, "train": list(tr.shape), "test": list(bundle.test.shape),
-            "fingerprint": [round(v, 3) for v in fp], "epochs": EPOCHS, "max_train": MAX_TRAIN}
+    fp = [
+        float(tr.double().sum()),
+        float(tr[0].double().sum()),
+        float(tr[-1].double().sum()),
+        float(bundle.train_labels.double().sum()),
+    ]
+    spec = {
+        "version": VERSION,
+        "dataset": bundle.name,
+        "options": cfg.data.options if cfg is not None else None,
+        "seed": cfg.run.seed if cfg is not None else None,
+        "train": list(tr.shape),
+        "test": list(bundle.test.shape),
+        "fingerprint": [round(v, 3) for v in fp],
+        "epochs": EPOCHS,
+        "max_train": MAX_TRAIN,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -115,9 +137,19 @@ def get_classifier(bundle: Any, cfg: Any = None, cache: bool = True) -> Classifi
     pred = clf.predict(bundle.test)
     clf.accuracy = float((pred == bundle.test_labels.long()).double().mean())
     if cache:
-        save_tensors(wpath, {k: v.contiguous() for k, v in net.state_dict().items()}, metadata={"version": str(VERSION)})
-        write_json(mpath, {"accuracy": clf.accuracy, "dataset": bundle.name, "n_classes": n_classes,
-                           "train_points": min(MAX_TRAIN, bundle.train.shape[0]), "epochs": EPOCHS})
+        save_tensors(
+            wpath, {k: v.contiguous() for k, v in net.state_dict().items()}, metadata={"version": str(VERSION)}
+        )
+        write_json(
+            mpath,
+            {
+                "accuracy": clf.accuracy,
+                "dataset": bundle.name,
+                "n_classes": n_classes,
+                "train_points": min(MAX_TRAIN, bundle.train.shape[0]),
+                "epochs": EPOCHS,
+            },
+        )
     return clf
 
 
@@ -128,14 +160,14 @@ def _train(net: _Net, bundle: Any, shift: float, scale: float) -> _Net:
         g = torch.Generator().manual_seed(0)
         n = min(MAX_TRAIN, bundle.train.shape[0])
         sel = torch.randperm(bundle.train.shape[0], generator=g)[:n]
-        x = ((bundle.train[sel].float() - shift) / scale)
+        x = (bundle.train[sel].float() - shift) / scale
         y = bundle.train_labels[sel].long()
         opt = torch.optim.Adam(net.parameters(), lr=2e-3)
         net.train()
         for _ in range(EPOCHS):
             perm = torch.randperm(n, generator=g)
             for i in range(0, n, 128):
-                b = perm[i:i + 128]
+                b = perm[i : i + 128]
                 _, logits = net(x[b])
                 loss = nn.functional.cross_entropy(logits, y[b])
                 opt.zero_grad()
@@ -144,4 +176,3 @@ def _train(net: _Net, bundle: Any, shift: float, scale: float) -> _Net:
         return net.eval()
     finally:
         torch.set_num_threads(threads)
-

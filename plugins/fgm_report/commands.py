@@ -28,17 +28,36 @@ from fgm_report.tune import tune
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True, help="Generated samples.")
 @click.option("--test", "n_test", type=int, default=2000, show_default=True, help="Held-out rows scored.")
 @click.option("--threshold", type=float, default=None, help="Gap threshold in nats (default log 10).")
-@click.option("--full-data", "full", is_flag=True,
-              help="Evaluate against the full dataset (drop data.options.modes and classes).")
-@click.option("--set-data", "data_sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a data option for the held-out data, e.g. --set-data limit=500.")
+@click.option(
+    "--full-data", "full", is_flag=True, help="Evaluate against the full dataset (drop data.options.modes and classes)."
+)
+@click.option(
+    "--set-data",
+    "data_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a data option for the held-out data, e.g. --set-data limit=500.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
 @click.option("-o", "--out", type=PATH, help="Also write the JSON result here.")
 @click.option("--threads", type=int, default=None, help="Threads for an export's onnxruntime session or a run's torch.")
 @click.pass_obj
-def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_test: int, threshold: float | None,
-                 full: bool, data_sets, seed: int, no_classifier: bool, out: Path | None, threads: int | None) -> None:
+def evaluate_cmd(
+    obj: Ctx,
+    path: Path,
+    as_json: bool,
+    k: int,
+    n_samples: int,
+    n_test: int,
+    threshold: float | None,
+    full: bool,
+    data_sets,
+    seed: int,
+    no_classifier: bool,
+    out: Path | None,
+    threads: int | None,
+) -> None:
     """Evaluate a run or an export directory on held-out data: mixture metrics, likelihood,
     image scores and per-mode collapse detection."""
 
@@ -55,8 +74,16 @@ def evaluate_cmd(obj: Ctx, path: Path, as_json: bool, k: int, n_samples: int, n_
         key, _, val = item.partition("=")
         options[key.strip()] = parse_value(val.strip())
     bundle = load_test_bundle(model, options, ("modes", "classes") if full else ())
-    res = evaluate(model, bundle, k=k, n_samples=n_samples, n_test=n_test, seed=seed,
-                   threshold=GAP_THRESHOLD if threshold is None else threshold, classifier=not no_classifier)
+    res = evaluate(
+        model,
+        bundle,
+        k=k,
+        n_samples=n_samples,
+        n_test=n_test,
+        seed=seed,
+        threshold=GAP_THRESHOLD if threshold is None else threshold,
+        classifier=not no_classifier,
+    )
     res["path"] = str(path)
     if out is not None:
         write_json(out, res)
@@ -76,11 +103,19 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 
 
 @click.command("compare")
-@click.option("--divergences", required=True,
-              help='Comma-separated divergences, with parameters as name:value, e.g. kl,alpha:0.5,alpha:2,'
-                   'custom:"(u-1)**2/(u+1)".')
-@click.option("--critic", "critics", default="density", show_default=True,
-              help="Critic form(s), comma-separated: density, joint, marginal.")
+@click.option(
+    "--divergences",
+    required=True,
+    help="Comma-separated divergences, with parameters as name:value, e.g. kl,alpha:0.5,alpha:2,"
+    'custom:"(u-1)**2/(u+1)".',
+)
+@click.option(
+    "--critic",
+    "critics",
+    default="density",
+    show_default=True,
+    help="Critic form(s), comma-separated: density, joint, marginal.",
+)
 @click.option("--config", "-c", "config", type=PATH, help="Base run configuration (TOML).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config key (repeatable).")
 @click.option("--dataset", help="Shortcut for --set data.dataset=...")
@@ -88,14 +123,29 @@ def plot_cmd(obj: Ctx, run_dir: Path, out: Path | None) -> None:
 @click.option("--steps", type=int, help="Training steps per run.")
 @click.option("-k", "k", type=int, default=100, show_default=True, help="Importance samples for the likelihood.")
 @click.option("--samples", "n_samples", type=int, default=2500, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs).")
-@click.option("-o", "--out", "out", type=PATH, default=Path("report"), show_default=True,
-              help="Report directory.")
+@click.option(
+    "--threads", type=int, default=None, help="Torch threads per run (1 is fastest for small MLPs on busy CPUs)."
+)
+@click.option("-o", "--out", "out", type=PATH, default=Path("report"), show_default=True, help="Report directory.")
 @click.option("--runs-dir", type=PATH, help="Where the runs go (default REPORT_DIR/runs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
-def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset, seeds: int, steps: int | None, k: int,
-                n_samples: int, threads: int | None, out: Path, runs_dir: Path | None, quiet: bool) -> None:
+def compare_cmd(
+    obj: Ctx,
+    divergences: str,
+    critics: str,
+    config,
+    sets,
+    dataset,
+    seeds: int,
+    steps: int | None,
+    k: int,
+    n_samples: int,
+    threads: int | None,
+    out: Path,
+    runs_dir: Path | None,
+    quiet: bool,
+) -> None:
     """Train the same networks with each divergence (and seed) and write a report."""
 
     divs = split_list(divergences)
@@ -105,8 +155,19 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
         raise FGMError(f"unknown critic form {bad[0]!r}", "use density, joint or marginal")
     overrides = _overrides(sets, dataset, None, None, None, steps, None, None, None, None)
     obj.plugins()
-    summary = compare(divs, crits, seeds, out, base=config, overrides=overrides, k=k, n_samples=n_samples,
-                      progress=not quiet, threads=threads, runs_dir=runs_dir)
+    summary = compare(
+        divs,
+        crits,
+        seeds,
+        out,
+        base=config,
+        overrides=overrides,
+        k=k,
+        n_samples=n_samples,
+        progress=not quiet,
+        threads=threads,
+        runs_dir=runs_dir,
+    )
     click.echo(markdown_table(summary))
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
@@ -118,22 +179,38 @@ def compare_cmd(obj: Ctx, divergences: str, critics: str, config, sets, dataset,
 @click.option("--trials", type=int, default=None, help="Finished trials wanted in the study (default: tune.trials).")
 @click.option("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db).")
 @click.option("--study-name", default=None, help="Study name (default: the search file's name); reuse it to resume.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("tune"), show_default=True,
-              help="Output directory: best.toml, history.png, trials.json, runs/.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("tune"),
+    show_default=True,
+    help="Output directory: best.toml, history.png, trials.json, runs/.",
+)
 @click.pass_obj
-def tune_cmd(obj: Ctx, search: Path, config, sets, trials: int | None, storage: str | None, study_name: str | None,
-             out: Path) -> None:
+def tune_cmd(
+    obj: Ctx, search: Path, config, sets, trials: int | None, storage: str | None, study_name: str | None, out: Path
+) -> None:
     """Search the run configuration with Optuna over the space in SEARCH (TOML); resumable."""
 
     if trials is not None and trials < 1:
         raise FGMError(f"--trials must be at least 1, got {trials}", "use --trials 1 or more")
     obj.plugins()
-    res = tune(search, out, config=config, overrides=list(sets), storage=storage, study_name=study_name,
-               trials=trials, echo=click.echo)
-    click.echo(f"best trial {res['best_trial']}: objective {res['best_value']:.4g} with {res['best_params']} "
-               f"({res['complete']} complete, {res['pruned']} pruned of {res['trials']})")
+    res = tune(
+        search,
+        out,
+        config=config,
+        overrides=list(sets),
+        storage=storage,
+        study_name=study_name,
+        trials=trials,
+        echo=click.echo,
+    )
+    click.echo(
+        f"best trial {res['best_trial']}: objective {res['best_value']:.4g} with {res['best_params']} "
+        f"({res['complete']} complete, {res['pruned']} pruned of {res['trials']})"
+    )
     click.echo(f"wrote {res['best_toml']} (train it: fgm train -c {res['best_toml']}) and {res['history_png']}")
-
 
 
 COMMANDS = (evaluate_cmd, plot_cmd, compare_cmd, tune_cmd)

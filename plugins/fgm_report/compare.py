@@ -54,19 +54,28 @@ NOTES: dict[str, tuple[str, str, str]] = {
     "high_quality": ("%", "100", "samples within 3 standard deviations of a mode"),
     "kl_to_uniform": ("nats", "0", "KL of the sample histogram over modes to the uniform one"),
     "modes_collapsed": ("modes or classes", "0", "modes or classes the collapse detector names"),
-    "test_log_likelihood": ("nats per datum", "higher; the optimum -H where known",
-                            "importance-sampled log p_theta(x) of held-out data"),
+    "test_log_likelihood": (
+        "nats per datum",
+        "higher; the optimum -H where known",
+        "importance-sampled log p_theta(x) of held-out data",
+    ),
     "likelihood_gap_to_optimum": ("nats", "0", "-H(data) minus the test log-likelihood"),
-    "test_log_density": ("nats per datum", "near the log-likelihood",
-                         "the density estimator's log p_D(x) of held-out data (see the note below)"),
+    "test_log_density": (
+        "nats per datum",
+        "near the log-likelihood",
+        "the density estimator's log p_D(x) of held-out data (see the note below)",
+    ),
     "test_bits_per_dim": ("bits per pixel", "lower", "-log p_theta(x) / (D log 2), pixels in 0..255 units"),
     "reconstruction_mse": ("per pixel, [0, 1] units", "0", "mean squared error of x against G(mu_q(x))"),
     "sharpness": ("Laplacian variance", "the data's value", "pixel-noise included; see the G-means column"),
     "sharpness_means": ("Laplacian variance", "the data's value", "of the generator means G(z), noise off"),
     "classifier_accuracy": ("%", "100", "the local classifier's accuracy on held-out data (a check on it)"),
     "class_kl": ("nats", "0", "KL(class histogram of samples || of held-out data): mode coverage"),
-    "frechet_distance": ("unitless", "0", "Fréchet distance of Gaussian fits to the local classifier's "
-                         "features of samples and held-out data"),
+    "frechet_distance": (
+        "unitless",
+        "0",
+        "Fréchet distance of Gaussian fits to the local classifier's features of samples and held-out data",
+    ),
     "train_seconds": ("s", "lower", "training wall time per run"),
     "wall_seconds": ("s", "lower", "training and evaluation wall time per run"),
 }
@@ -86,10 +95,19 @@ def _label(div: str, critic: str, critics: list[str]) -> str:
     return div if len(critics) == 1 else f"{div} / {critic}"
 
 
-def compare(divergences: list[str], critics: list[str] | None = None, seeds: int = 3, out_dir: str | Path = "report",
-            base: dict[str, Any] | str | Path | None = None, overrides: list[str] | None = None, k: int = 100,
-            n_samples: int = 2500, progress: bool = True, threads: int | None = None,
-            runs_dir: str | Path | None = None) -> dict[str, Any]:
+def compare(
+    divergences: list[str],
+    critics: list[str] | None = None,
+    seeds: int = 3,
+    out_dir: str | Path = "report",
+    base: dict[str, Any] | str | Path | None = None,
+    overrides: list[str] | None = None,
+    k: int = 100,
+    n_samples: int = 2500,
+    progress: bool = True,
+    threads: int | None = None,
+    runs_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Train ``divergences`` x ``critics`` x ``seeds`` runs (seed 0..seeds-1) from the same base
     config and write ``report.md``, ``report.html``, ``results.json`` and figures to ``out_dir``.
     Divergences are specs (:mod:`fgm_core.divspec`: ``kl``, ``alpha:0.5``); rows and runs are
@@ -127,9 +145,16 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             name = f"{divspec.slug(d)}-{c}-s{s}"
             if bar is not None:
                 bar.set_postfix_str(f"{name} training")
-            ov = [f"divergence.name={json.dumps(d)}", "divergence.params={}", f"critic.form={json.dumps(c)}", f"run.seed={s}",
-                  f"run.out_dir={json.dumps(str(runs_dir))}", f"run.name={json.dumps(name)}",
-                  "run.progress=false", "run.tensorboard=false"]
+            ov = [
+                f"divergence.name={json.dumps(d)}",
+                "divergence.params={}",
+                f"critic.form={json.dumps(c)}",
+                f"run.seed={s}",
+                f"run.out_dir={json.dumps(str(runs_dir))}",
+                f"run.name={json.dumps(name)}",
+                "run.progress=false",
+                "run.tensorboard=false",
+            ]
             if threads is not None:
                 ov.append(f"run.threads={threads}")
             row: dict[str, Any] = {"divergence": d, "critic": c, "seed": s, "run": str(runs_dir / name)}
@@ -156,8 +181,12 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
                 signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
                 done = planned if trained else _checkpoint_step(runs_dir / name)
                 what = "during evaluation" if trained else f"after {done} of {planned} steps"
-                row.update(incomplete=True, steps_trained=done, steps_planned=planned,
-                           error=f"interrupted ({signal.Signals(signum).name}) {what}; not evaluated")
+                row.update(
+                    incomplete=True,
+                    steps_trained=done,
+                    steps_planned=planned,
+                    error=f"interrupted ({signal.Signals(signum).name}) {what}; not evaluated",
+                )
                 stop = (signum, f"in run {name} {what}")
             row["wall_seconds"] = time.perf_counter() - t0
             results.append(row)
@@ -171,19 +200,32 @@ def compare(divergences: list[str], critics: list[str] | None = None, seeds: int
             bar.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    summary = {"divergences": list(labels.values()), "critics": critics, "seeds": seeds, "config": base_cfg.to_dict(),
-               "total_seconds": time.perf_counter() - t_all, "runs": results}
+    summary = {
+        "divergences": list(labels.values()),
+        "critics": critics,
+        "seeds": seeds,
+        "config": base_cfg.to_dict(),
+        "total_seconds": time.perf_counter() - t_all,
+        "runs": results,
+    }
     if stop is not None:
         finished = sum("error" not in r for r in results)
-        summary["interrupted"] = {"signal": signal.Signals(stop[0]).name, "where": stop[1], "runs_planned": len(jobs),
-                                  "runs_finished": finished,
-                                  "not_run": [f"{divspec.slug(d)}-{c}-s{s}" for d, c, s in jobs[len(results):]]}
+        summary["interrupted"] = {
+            "signal": signal.Signals(stop[0]).name,
+            "where": stop[1],
+            "runs_planned": len(jobs),
+            "runs_finished": finished,
+            "not_run": [f"{divspec.slug(d)}-{c}-s{s}" for d, c, s in jobs[len(results) :]],
+        }
     (out / "results.json").write_text(json.dumps(summary, default=str))
     (out / "results.partial.json").unlink(missing_ok=True)
     write_report(summary, out)
     if stop is not None:
-        raise Interrupted(f"compare interrupted ({signal.Signals(stop[0]).name}) {stop[1]}; {finished} of {len(jobs)} "
-                          f"runs finished, the report covers those: {out / 'report.md'}", stop[0])
+        raise Interrupted(
+            f"compare interrupted ({signal.Signals(stop[0]).name}) {stop[1]}; {finished} of {len(jobs)} "
+            f"runs finished, the report covers those: {out / 'report.md'}",
+            stop[0],
+        )
     return summary
 
 
@@ -254,21 +296,39 @@ def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path, str]]:
     if not first:
         return figs
     models = {label: Run.load(r["run"]) for label, r in first.items()}
-    panels = [(f"{label} (seed {first[label]['seed']})", models[label].sample(2500, seed=1).numpy(), models[label].info)
-              for label in models]
+    panels = [
+        (f"{label} (seed {first[label]['seed']})", models[label].sample(2500, seed=1).numpy(), models[label].info)
+        for label in models
+    ]
     info = next(iter(models.values())).info
     image = len(info.shape) == 3
-    figs.append(("Samples", samples_figure(panels, out / "samples.png"),
-                 "64 samples of each row's first seed, noise included (pixel values 0..255)." if image else
-                 "2,500 samples of each row's first seed; red crosses: the true modes."))
+    figs.append(
+        (
+            "Samples",
+            samples_figure(panels, out / "samples.png"),
+            "64 samples of each row's first seed, noise included (pixel values 0..255)."
+            if image
+            else "2,500 samples of each row's first seed; red crosses: the true modes.",
+        )
+    )
     if len(info.shape) == 1 and info.shape[0] == 2:
-        figs.append(("Log densities", density_figure(list(models.items()), out / "density.png"),
-                     "Left: the density estimator's log p_D(x); right: the model's log p_theta(x), in nats, "
-                     "first seed. Colours span the 2nd to 99.5th percentile of each map, at most 12 nats: a "
-                     "few extreme values do not darken the rest; values outside take the end colours."))
-    figs.append(("Training curves", curves_figure(groups, out / "curves.png"),
-                 "Mean over seeds, per logged step: the divergence estimate J, the critic and generator "
-                 "losses, and the generator's noise scale sigma (model units, log axis)."))
+        figs.append(
+            (
+                "Log densities",
+                density_figure(list(models.items()), out / "density.png"),
+                "Left: the density estimator's log p_D(x); right: the model's log p_theta(x), in nats, "
+                "first seed. Colours span the 2nd to 99.5th percentile of each map, at most 12 nats: a "
+                "few extreme values do not darken the rest; values outside take the end colours.",
+            )
+        )
+    figs.append(
+        (
+            "Training curves",
+            curves_figure(groups, out / "curves.png"),
+            "Mean over seeds, per logged step: the divergence estimate J, the critic and generator "
+            "losses, and the generator's noise scale sigma (model units, log axis).",
+        )
+    )
     return figs
 
 
@@ -281,21 +341,31 @@ def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = N
     table = markdown_table(summary)
     ok = [r for r in summary["runs"] if "error" not in r]
     errors = [r for r in summary["runs"] if "error" in r]
-    dopt = f" {json.dumps(cfg['data']['options'])}" if cfg['data']['options'] else ""
-    mopt = f" {json.dumps(cfg['model']['options'])}" if cfg['model']['options'] else ""
-    budget = (f"dataset `{cfg['data']['dataset']}`{dopt}, "
-              f"{cfg['run']['steps']} steps x batch {cfg['optim']['batch_size']}, architecture "
-              f"`{cfg['model']['architecture']}`{mopt}, "
-              f"latent {cfg['model']['latent_dim']}, lr {cfg['optim']['lr']}; seeds 0..{summary['seeds'] - 1}; "
-              f"total wall time {summary['total_seconds']:.0f} s")
+    dopt = f" {json.dumps(cfg['data']['options'])}" if cfg["data"]["options"] else ""
+    mopt = f" {json.dumps(cfg['model']['options'])}" if cfg["model"]["options"] else ""
+    budget = (
+        f"dataset `{cfg['data']['dataset']}`{dopt}, "
+        f"{cfg['run']['steps']} steps x batch {cfg['optim']['batch_size']}, architecture "
+        f"`{cfg['model']['architecture']}`{mopt}, "
+        f"latent {cfg['model']['latent_dim']}, lr {cfg['optim']['lr']}; seeds 0..{summary['seeds'] - 1}; "
+        f"total wall time {summary['total_seconds']:.0f} s"
+    )
     n_samples = ok[0]["n_samples"] if ok else "?"
     k = ok[0]["k"] if ok else "?"
     title = title or f"fgm compare: {', '.join(summary['divergences'])} ({', '.join(summary['critics'])} critic)"
-    md = [f"# {title}", "",
-          f"Budget: {budget}.", "",
-          f"Each cell: mean ± standard error over seeds. {n_samples} samples per run; held-out likelihood "
-          f"importance-sampled with K={k}. Metric definitions: `plugins/fgm_report/evaluate.py`.", "", table, "",
-          *legend(summary), *extreme_note(summary)]
+    md = [
+        f"# {title}",
+        "",
+        f"Budget: {budget}.",
+        "",
+        f"Each cell: mean ± standard error over seeds. {n_samples} samples per run; held-out likelihood "
+        f"importance-sampled with K={k}. Metric definitions: `plugins/fgm_report/evaluate.py`.",
+        "",
+        table,
+        "",
+        *legend(summary),
+        *extreme_note(summary),
+    ]
     collapsed = {}
     for r in ok:
         mc = r.get("mode_collapse") or {}
@@ -304,18 +374,27 @@ def write_report(summary: dict[str, Any], out: Path, extra: list[str] | None = N
             total = len(mc.get("modes", [])) or "?"
             what = ", ".join(names) if len(names) <= 8 else f"{len(names)} of {total}"
             collapsed.setdefault(_label(r["divergence"], r["critic"], summary["critics"]), []).append(
-                f"seed {r['seed']}: {what}")
+                f"seed {r['seed']}: {what}"
+            )
     if collapsed:
         md += ["## Collapsed modes (detector)", ""] + [f"- {k_}: " + "; ".join(v) for k_, v in collapsed.items()] + [""]
     stopped = summary.get("interrupted")
     if stopped:
-        md[2:2] = [f"**Interrupted ({stopped['signal']}) {stopped['where']}: {stopped['runs_finished']} of "
-                   f"{stopped['runs_planned']} planned runs finished; only those have numbers in the table.**", ""]
+        md[2:2] = [
+            f"**Interrupted ({stopped['signal']}) {stopped['where']}: {stopped['runs_finished']} of "
+            f"{stopped['runs_planned']} planned runs finished; only those have numbers in the table.**",
+            "",
+        ]
     if errors:
-        md += ["## Failed or incomplete runs", ""] + [
-            f"- {r['divergence']} / {r['critic']} seed {r['seed']}: {r['error']}"
-            + (f" (trained {r['steps_trained']} of {r['steps_planned']} steps)" if r.get("incomplete") else "")
-            for r in errors] + [""]
+        md += (
+            ["## Failed or incomplete runs", ""]
+            + [
+                f"- {r['divergence']} / {r['critic']} seed {r['seed']}: {r['error']}"
+                + (f" (trained {r['steps_trained']} of {r['steps_planned']} steps)" if r.get("incomplete") else "")
+                for r in errors
+            ]
+            + [""]
+        )
     if stopped and stopped["not_run"]:
         md += ["## Not run (interrupted before they started)", "", *[f"- {n}" for n in stopped["not_run"]], ""]
     md += list(extra or [])
@@ -330,8 +409,11 @@ def legend(summary: dict[str, Any]) -> list[str]:
     values where the runs measured them."""
     ok = [r for r in summary["runs"] if "error" not in r]
     ref: dict[str, str] = {}
-    for key, src, fmt in (("sharpness", "data_sharpness", "{:.4f}"), ("sharpness_means", "data_sharpness", "{:.4f}"),
-                          ("test_log_likelihood", "optimum_log_likelihood", "{:.2f}")):
+    for key, src, fmt in (
+        ("sharpness", "data_sharpness", "{:.4f}"),
+        ("sharpness_means", "data_sharpness", "{:.4f}"),
+        ("test_log_likelihood", "optimum_log_likelihood", "{:.2f}"),
+    ):
         vals = [r[src] for r in ok if isinstance(r.get(src), (int, float))]
         if vals:
             ref[key] = ("held-out data: " if src.startswith("data") else "-H: ") + fmt.format(float(np.mean(vals)))
@@ -357,19 +439,25 @@ def extreme_note(summary: dict[str, Any], limit: float = 20.0) -> list[str]:
         return []
     rows = ", ".join(f"{k} ({d:+.0f} nats, first seed)" for k, (_, d) in far.items())
     free = any(c != "density" for c, _ in far.values())
-    text = [f"**Note on extreme log p_D values.** In {rows}, log p_D differs from the model's "
-            f"log-likelihood by more than {limit:.0f} nats."]
+    text = [
+        f"**Note on extreme log p_D values.** In {rows}, log p_D differs from the model's "
+        f"log-likelihood by more than {limit:.0f} nats."
+    ]
     if free:
-        text.append("For the joint and marginal critics, log p_D is not a trained density: it is the log "
-                    "density ratio the critic implies, log (f')^-1(g_f(V)), added to the model's "
-                    "log-likelihood. That ratio is exact only at the critic's optimum; a critic that separates "
-                    "data from samples confidently (a GAN critic usually does) implies ratios up to e^60 "
-                    "per point, so log p_D can lie hundreds of nats from any density (for example -873 "
-                    "nats). Such a value says how confident the critic is, not how probable the data is.")
+        text.append(
+            "For the joint and marginal critics, log p_D is not a trained density: it is the log "
+            "density ratio the critic implies, log (f')^-1(g_f(V)), added to the model's "
+            "log-likelihood. That ratio is exact only at the critic's optimum; a critic that separates "
+            "data from samples confidently (a GAN critic usually does) implies ratios up to e^60 "
+            "per point, so log p_D can lie hundreds of nats from any density (for example -873 "
+            "nats). Such a value says how confident the critic is, not how probable the data is."
+        )
     if any(c == "density" for c, _ in far.values()):
-        text.append("For the density critic, l(x) is trained towards log p_D(x) but is normalised only at "
-                    "its optimum; a large positive gap on held-out data usually means the estimator is not "
-                    "converged (or the model misses that data: see the collapse detector).")
+        text.append(
+            "For the density critic, l(x) is trained towards log p_D(x) but is normalised only at "
+            "its optimum; a large positive gap on held-out data usually means the estimator is not "
+            "converged (or the model misses that data: see the collapse detector)."
+        )
     return [" ".join(text), ""]
 
 
@@ -439,17 +527,20 @@ def _html(md: str, out: Path) -> str:
             if j < len(lines) and lines[j].startswith("> "):
                 caption = f"<figcaption>{_inline(lines[j][2:])}</figcaption>"
                 i = j
-            body.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
-                        f"{caption}</figure>")
+            body.append(
+                f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">{caption}</figure>'
+            )
         elif line.startswith("> "):
             body.append(f"<p><em>{_inline(line[2:])}</em></p>")
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
         i += 1
     title = next((ln[2:] for ln in lines if ln.startswith("# ")), "fgm report")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progress: bool = True) -> dict[str, Any]:
@@ -469,8 +560,11 @@ def reevaluate(out_dir: str | Path, k: int = 100, n_samples: int = 2500, progres
         run = Run.load(r["run"])
         if r["seed"] not in bundles:
             bundles[r["seed"]] = load_test_bundle(run)
-        keep = {key: r[key] for key in ("divergence", "critic", "seed", "run", "train_seconds", "wall_seconds", "steps")
-                if key in r}
+        keep = {
+            key: r[key]
+            for key in ("divergence", "critic", "seed", "run", "train_seconds", "wall_seconds", "steps")
+            if key in r
+        }
         runs[i] = {**keep, **evaluate(run, bundles[r["seed"]], k=k, n_samples=n_samples, seed=0)}
     (out / "results.json").write_text(json.dumps(summary, default=str))
     write_report(summary, out)
@@ -481,11 +575,14 @@ def merge(out_dir: str | Path, parts: list[str | Path], write: bool = True) -> d
     """One report from several compare directories (e.g. different critics on the same data)."""
     summaries = [read_json(Path(p) / "results.json") for p in parts]
     s0 = summaries[0]
-    summary = {"divergences": list(dict.fromkeys(d for s in summaries for d in s["divergences"])),
-               "critics": list(dict.fromkeys(c for s in summaries for c in s["critics"])),
-               "seeds": max(s["seeds"] for s in summaries), "config": s0["config"],
-               "total_seconds": sum(s["total_seconds"] for s in summaries),
-               "runs": [r for s in summaries for r in s["runs"]]}
+    summary = {
+        "divergences": list(dict.fromkeys(d for s in summaries for d in s["divergences"])),
+        "critics": list(dict.fromkeys(c for s in summaries for c in s["critics"])),
+        "seeds": max(s["seeds"] for s in summaries),
+        "config": s0["config"],
+        "total_seconds": sum(s["total_seconds"] for s in summaries),
+        "runs": [r for s in summaries for r in s["runs"]],
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, default=str))

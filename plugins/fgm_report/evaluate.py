@@ -74,8 +74,10 @@ def open_model(path: str | Path, device: str = "cpu", threads: int | None = None
     if (path / "manifest.json").exists():
         return open_export(path, device=device, **({"threads": threads} if threads else {}))
     if not (path / "fgm.json").exists():
-        raise FGMError(f"{path} is neither a run directory nor an export directory",
-                       "give the directory `fgm train` or `fgm export` wrote")
+        raise FGMError(
+            f"{path} is neither a run directory nor an export directory",
+            "give the directory `fgm train` or `fgm export` wrote",
+        )
     if threads:
         torch.set_num_threads(threads)
     return Run.load(path, device=device)
@@ -88,8 +90,10 @@ def model_config(model: Any):
         return cfg
     manifest = getattr(model, "manifest", None) or {}
     if not isinstance(manifest.get("config"), dict):
-        raise FGMError(f"{getattr(model, 'path', '?')} records no training configuration",
-                       "re-export the run with this version of fgm")
+        raise FGMError(
+            f"{getattr(model, 'path', '?')} records no training configuration",
+            "re-export the run with this version of fgm",
+        )
     return validate(manifest["config"], "manifest config")
 
 
@@ -151,8 +155,9 @@ class _View:
 
 
 # --------------------------------------------------------------------------- building blocks
-def mixture_negative_entropy(means: Tensor, stds: Tensor, weights: Tensor | None = None, n: int = 200_000,
-                             seed: int = 0) -> float:
+def mixture_negative_entropy(
+    means: Tensor, stds: Tensor, weights: Tensor | None = None, n: int = 200_000, seed: int = 0
+) -> float:
     """-H(mixture) = E_p[log p(x)], Monte Carlo over ``n`` exact draws with the exact density."""
     means, stds = torch.as_tensor(means).double(), torch.as_tensor(stds).double()
     k = means.shape[0]
@@ -163,7 +168,7 @@ def mixture_negative_entropy(means: Tensor, stds: Tensor, weights: Tensor | None
     x = means[comp] + stds[comp] * torch.randn(n, means.shape[1], generator=g, dtype=torch.float64)
     total = 0.0
     for i in range(0, n, 50_000):
-        total += float(mixture_log_density(x[i:i + 50_000], means, stds, w).sum())
+        total += float(mixture_log_density(x[i : i + 50_000], means, stds, w).sum())
     return total / n
 
 
@@ -180,7 +185,7 @@ def separated_mixture_negative_entropy(stds: Tensor, weights: Tensor | None = No
 def sharpness(images: Tensor) -> float:
     """Mean over images of the variance of the 4-neighbour Laplacian ([0, 1] images)."""
     x = images.double().reshape(-1, *images.shape[-2:]) if images.dim() >= 3 else images.double()
-    lap = (x[:, 1:-1, :-2] + x[:, 1:-1, 2:] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] - 4 * x[:, 1:-1, 1:-1])
+    lap = x[:, 1:-1, :-2] + x[:, 1:-1, 2:] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] - 4 * x[:, 1:-1, 1:-1]
     return float(lap.flatten(1).var(1).mean())
 
 
@@ -230,8 +235,16 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 30) -> tuple[Tensor, T
 class _Modes:
     """How held-out points and samples are assigned to modes."""
 
-    def __init__(self, view: _View, bundle: Any, test: Tensor, test_labels: Tensor | None, classifier: Any,
-                 n_clusters: int, seed: int) -> None:
+    def __init__(
+        self,
+        view: _View,
+        bundle: Any,
+        test: Tensor,
+        test_labels: Tensor | None,
+        classifier: Any,
+        n_clusters: int,
+        seed: int,
+    ) -> None:
         self.view = view
         info = view.info
         mixture = info.mixture
@@ -291,10 +304,19 @@ def gap_is_informative(counts: list[tuple[int, int]], z: float = HOMOGENEITY_Z) 
     return x2 > crit
 
 
-def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes: Tensor, names: list[str],
-                  threshold: float = GAP_THRESHOLD, sample_ratio: float = SAMPLE_RATIO, gap_share: float = GAP_SHARE,
-                  covered_share: float = COVERED_SHARE, use_samples: bool = True,
-                  log_likelihood: Tensor | None = None, kind: str = "mode") -> dict[str, Any]:
+def mode_collapse(
+    per_point_gap: Tensor | None,
+    test_modes: Tensor,
+    sample_modes: Tensor,
+    names: list[str],
+    threshold: float = GAP_THRESHOLD,
+    sample_ratio: float = SAMPLE_RATIO,
+    gap_share: float = GAP_SHARE,
+    covered_share: float = COVERED_SHARE,
+    use_samples: bool = True,
+    log_likelihood: Tensor | None = None,
+    kind: str = "mode",
+) -> dict[str, Any]:
     """Per-mode collapse report; the gap g(x) = log p_D(x) - log p_theta(x) is the evidence.
 
     For each mode m (held-out points grouped by ``test_modes``; samples by ``sample_modes``,
@@ -324,8 +346,14 @@ def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes
             continue
         data_share = cnt / n_test
         s_share = float((sample_modes == m).sum()) / n_samp
-        row: dict[str, Any] = {"mode": m, "name": names[m], "test_points": cnt, "data_share": data_share,
-                               "sample_share": s_share, "sample_ratio": s_share / data_share}
+        row: dict[str, Any] = {
+            "mode": m,
+            "name": names[m],
+            "test_points": cnt,
+            "data_share": data_share,
+            "sample_share": s_share,
+            "sample_ratio": s_share / data_share,
+        }
         if per_point_gap is not None:
             g = per_point_gap[sel]
             row["mean_gap"] = float(g.mean())
@@ -367,15 +395,30 @@ def mode_collapse(per_point_gap: Tensor | None, test_modes: Tensor, sample_modes
         "uncertain_names": [names[m] for m in uncertain],
         "gap_informative": informative,
         "unassigned_sample_share": float((sample_modes < 0).sum()) / n_samp,
-        "rule": {"gap_threshold_nats": threshold, "gap_share": gap_share, "covered_share": covered_share,
-                 "sample_ratio": sample_ratio if use_samples else None, "homogeneity_z": HOMOGENEITY_Z},
+        "rule": {
+            "gap_threshold_nats": threshold,
+            "gap_share": gap_share,
+            "covered_share": covered_share,
+            "sample_ratio": sample_ratio if use_samples else None,
+            "homogeneity_z": HOMOGENEITY_Z,
+        },
     }
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2500, n_test: int = 2000,
-             threshold: float = GAP_THRESHOLD, seed: int = 0, classifier: bool | Any = True,
-             n_clusters: int = 10, collapse: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    bundle: Any = None,
+    *,
+    k: int = 100,
+    n_samples: int = 2500,
+    n_test: int = 2000,
+    threshold: float = GAP_THRESHOLD,
+    seed: int = 0,
+    classifier: bool | Any = True,
+    n_clusters: int = 10,
+    collapse: bool = True,
+) -> dict[str, Any]:
     """All metrics of the module docstring, plus ``mode_collapse`` (a dict) when ``collapse``.
 
     ``model``: a Run, an export runtime or a path to either. ``bundle``: the held-out data
@@ -389,8 +432,10 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
         bundle = load_test_bundle(model)
     v = _View(model)
     if tuple(bundle.test.shape[1:]) != v.shape:
-        raise FGMError(f"test data has shape {tuple(bundle.test.shape[1:])}, the model expects {v.shape}",
-                       "evaluate against the dataset the model was trained on")
+        raise FGMError(
+            f"test data has shape {tuple(bundle.test.shape[1:])}, the model expects {v.shape}",
+            "evaluate against the dataset the model was trained on",
+        )
     out: dict[str, Any] = {"dataset": v.info.dataset, "critic": v.critic_form, "k": k, "n_samples": n_samples}
     gen = torch.Generator().manual_seed(seed)
     n = min(n_test, bundle.test.shape[0])
@@ -411,25 +456,29 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
     if is_image:
         for key in ("test_log_likelihood", "test_log_density"):
             if key in out:
-                out[key.replace("log_likelihood", "bits_per_dim").replace("log_density", "density_bits_per_dim")] = \
+                out[key.replace("log_likelihood", "bits_per_dim").replace("log_density", "density_bits_per_dim")] = (
                     -out[key] / (v.dims * math.log(2))
+                )
 
     # mixtures
     if v.info.mixture is not None:
         mix = v.info.mixture
         out.update(mixture_metrics(samples, torch.tensor(mix["means"]), torch.tensor(mix["stds"])))
         if v.generator == "gaussian":  # the same protocol on the generator means G(z), noise off
-            mm = mixture_metrics(v.sample(n_samples, seed=seed + 1, noise=False), torch.tensor(mix["means"]),
-                                 torch.tensor(mix["stds"]))
+            mm = mixture_metrics(
+                v.sample(n_samples, seed=seed + 1, noise=False), torch.tensor(mix["means"]), torch.tensor(mix["stds"])
+            )
             out.update({f"{key}_means": mm[key] for key in ("modes_captured", "high_quality", "kl_to_uniform")})
         w = torch.tensor(mix["weights"]) if mix.get("weights") is not None else None
-        out["optimum_log_likelihood"] = mixture_negative_entropy(torch.tensor(mix["means"]), torch.tensor(mix["stds"]), w)
+        out["optimum_log_likelihood"] = mixture_negative_entropy(
+            torch.tensor(mix["means"]), torch.tensor(mix["stds"]), w
+        )
         if ll is not None:
             out["likelihood_gap_to_optimum"] = out["optimum_log_likelihood"] - out["test_log_likelihood"]
 
     # reconstruction, images
-    rec = v.reconstruct(test[:min(n, 1000)])
-    ref = test[:min(n, 1000)]
+    rec = v.reconstruct(test[: min(n, 1000)])
+    ref = test[: min(n, 1000)]
     if is_image:
         out["reconstruction_mse"] = float(((v.unit(rec) - v.unit(ref)) ** 2).mean())
         out["sharpness"] = sharpness(v.unit(samples[:1000]))
@@ -455,8 +504,15 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
     if collapse:
         modes = _Modes(v, bundle, test, labels, clf, n_clusters, seed)
         gap = (ld - ll) if (ld is not None and ll is not None) else None
-        mc = mode_collapse(gap, modes.test_modes, modes.assign(samples), modes.names, threshold=threshold,
-                           log_likelihood=ll, kind=modes.kind)
+        mc = mode_collapse(
+            gap,
+            modes.test_modes,
+            modes.assign(samples),
+            modes.names,
+            threshold=threshold,
+            log_likelihood=ll,
+            kind=modes.kind,
+        )
         out["mode_collapse"] = mc
         out["modes_collapsed"] = len(mc["collapsed"])
         out["modes_uncertain"] = len(mc["uncertain"])
@@ -466,14 +522,20 @@ def evaluate(model: Any, bundle: Any = None, *, k: int = 100, n_samples: int = 2
 
 def format_report(res: dict[str, Any]) -> str:
     """Human-readable lines for ``fgm evaluate``."""
-    lines = [f"dataset {res['dataset']}, critic {res['critic']}, {res['n_test']} held-out points, "
-             f"{res['n_samples']} samples, K={res['k']}"]
+    lines = [
+        f"dataset {res['dataset']}, critic {res['critic']}, {res['n_test']} held-out points, "
+        f"{res['n_samples']} samples, K={res['k']}"
+    ]
     if "modes_captured" in res:
-        lines.append(f"modes captured {res['modes_captured']}/{res['modes_total']}, high-quality "
-                     f"{100 * res['high_quality']:.1f}%, KL(modes || uniform) {res['kl_to_uniform']:.4f}")
+        lines.append(
+            f"modes captured {res['modes_captured']}/{res['modes_total']}, high-quality "
+            f"{100 * res['high_quality']:.1f}%, KL(modes || uniform) {res['kl_to_uniform']:.4f}"
+        )
     if "modes_captured_means" in res:
-        lines.append(f"  generator means (noise off): modes {res['modes_captured_means']}/{res['modes_total']}, "
-                     f"high-quality {100 * res['high_quality_means']:.1f}%, KL {res['kl_to_uniform_means']:.4f}")
+        lines.append(
+            f"  generator means (noise off): modes {res['modes_captured_means']}/{res['modes_total']}, "
+            f"high-quality {100 * res['high_quality_means']:.1f}%, KL {res['kl_to_uniform_means']:.4f}"
+        )
     if "test_log_likelihood" in res:
         s = f"test log-likelihood {res['test_log_likelihood']:.3f} nats"
         if "optimum_log_likelihood" in res:
@@ -491,8 +553,10 @@ def format_report(res: dict[str, Any]) -> str:
         extra = f", generator means {res['sharpness_means']:.5f}" if "sharpness_means" in res else ""
         lines.append(f"sharpness {res['sharpness']:.5f} (data {res['data_sharpness']:.5f}{extra})")
     if "classifier_accuracy" in res:
-        lines.append(f"classifier test accuracy {100 * res['classifier_accuracy']:.1f}%: class KL {res['class_kl']:.4f}, "
-                     f"KL to uniform {res['class_kl_to_uniform']:.4f}, Frechet distance {res['frechet_distance']:.4f}")
+        lines.append(
+            f"classifier test accuracy {100 * res['classifier_accuracy']:.1f}%: class KL {res['class_kl']:.4f}, "
+            f"KL to uniform {res['class_kl_to_uniform']:.4f}, Frechet distance {res['frechet_distance']:.4f}"
+        )
     mc = res.get("mode_collapse")
     if mc:
         lines.append(f"modes ({mc['kind']}): {'name':>16} {'data%':>6} {'samp%':>6} {'gap':>8} {'gap>T%':>7}")
@@ -500,9 +564,14 @@ def format_report(res: dict[str, Any]) -> str:
             gap = f"{r['mean_gap']:8.2f}" if "mean_gap" in r else f"{'-':>8}"
             gs = f"{100 * r['gap_share']:7.1f}" if "gap_share" in r else f"{'-':>7}"
             flag = {"collapsed": "  COLLAPSED", "uncertain": "  uncertain"}.get(r["verdict"], "")
-            lines.append(f"  {r['name']:>30} {100 * r['data_share']:6.1f} {100 * r['sample_share']:6.1f} {gap} {gs}{flag}")
-        lines.append("collapsed: " + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none")
-                     + ("; uncertain: " + ", ".join(mc["uncertain_names"]) if mc["uncertain"] else ""))
+            lines.append(
+                f"  {r['name']:>30} {100 * r['data_share']:6.1f} {100 * r['sample_share']:6.1f} {gap} {gs}{flag}"
+            )
+        lines.append(
+            "collapsed: "
+            + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none")
+            + ("; uncertain: " + ", ".join(mc["uncertain_names"]) if mc["uncertain"] else "")
+        )
         if mc["gap_informative"] is False:
             lines.append("the gap log p_D - log p_theta does not separate the modes: it decides nothing here")
     return "\n".join(lines)

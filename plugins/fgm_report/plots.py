@@ -29,7 +29,9 @@ def image_grid(images: np.ndarray, scaling_max: float = 255.0, cols: int | None 
     grid = np.zeros((rows * (h + 2), cols * (w + 2), c), dtype=np.float32)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = images[i].transpose(1, 2, 0)
+        grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = images[i].transpose(
+            1, 2, 0
+        )
     return np.clip(grid / scaling_max * 255.0, 0, 255).astype(np.uint8)
 
 
@@ -38,7 +40,9 @@ def save_samples(run: Any, samples: torch.Tensor, path: Path, title: str | None 
     plt = _plt()
     info = run.info
     cfg = run.config
-    title = title or f"{cfg.divergence.name} / {cfg.critic.form} critic / {info.dataset}" + (" (generator means)" if len(info.shape) > 1 else "")
+    title = title or f"{cfg.divergence.name} / {cfg.critic.form} critic / {info.dataset}" + (
+        " (generator means)" if len(info.shape) > 1 else ""
+    )
     x = samples.numpy()
     if len(info.shape) == 1 and info.shape[0] == 2:
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -173,8 +177,14 @@ def colour_limits(v: np.ndarray, span: float = 12.0, lo_pct: float = 2.0, hi_pct
     return (lo, hi) if hi > lo else (hi - 1.0, hi)
 
 
-def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: int = 16,
-                   data: np.ndarray | None = None, span: float = 12.0) -> Path:
+def density_figure(
+    models: list[tuple[str, Any]],
+    path: Path,
+    res: int = 72,
+    k: int = 16,
+    data: np.ndarray | None = None,
+    span: float = 12.0,
+) -> Path:
     """2-D only: log density of the density estimator (left) and of the model (right, importance
     sampled) on a grid, one row per (title, model); robust colour range (:func:`colour_limits`)."""
     plt = _plt()
@@ -197,8 +207,7 @@ def density_figure(models: list[tuple[str, Any]], path: Path, res: int = 72, k: 
                 continue
             v = v.reshape(res, res)
             lo, hi = colour_limits(v, span)
-            im = ax.imshow(v, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal",
-                           vmin=lo, vmax=hi)
+            im = ax.imshow(v, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal", vmin=lo, vmax=hi)
             bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="both")
             bar.ax.tick_params(labelsize=7)
             bar.set_label("nats", fontsize=7)
@@ -227,8 +236,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def curves_figure(groups: dict[str, list[Path]], path: Path,
-                  keys: tuple[str, ...] = ("divergence", "loss_critic", "loss_generator", "sigma")) -> Path:
+def curves_figure(
+    groups: dict[str, list[Path]],
+    path: Path,
+    keys: tuple[str, ...] = ("divergence", "loss_critic", "loss_generator", "sigma"),
+) -> Path:
     """Training curves from metrics.jsonl: one line per group (mean over its runs), one panel per key."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), dpi=100, squeeze=False)

@@ -18,8 +18,9 @@ def quick_evaluation(run: Run, bundle: DataBundle | None = None) -> dict[str, An
     out: dict[str, Any] = {}
     samples = run.sample(run.config.run.eval_samples, seed=run.config.run.seed + 1)
     if run.info.mixture is not None:
-        out.update(mixture_metrics(samples, torch.tensor(run.info.mixture["means"]),
-                                   torch.tensor(run.info.mixture["stds"])))
+        out.update(
+            mixture_metrics(samples, torch.tensor(run.info.mixture["means"]), torch.tensor(run.info.mixture["stds"]))
+        )
     images = len(run.info.shape) > 1
     if bundle is not None and run.model.generator == "gaussian":
         test = bundle.test[: 256 if images else 2000]  # keep the after-training look cheap for conv nets

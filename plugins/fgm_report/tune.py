@@ -50,8 +50,9 @@ def require_optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise FGMError("fgm tune needs Optuna, which is not installed",
-                       "pip install 'fgm[tune]' (or pip install optuna)") from None
+        raise FGMError(
+            "fgm tune needs Optuna, which is not installed", "pip install 'fgm[tune]' (or pip install optuna)"
+        ) from None
     return optuna
 
 
@@ -117,15 +118,18 @@ def parse_search(path: Path) -> SearchSpec:
         if key in tune:
             v = tune[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key in ("trials", "report_every") else 0):
-                raise _bad(path, f"tune.{key} must be a whole number >= {1 if key in ('trials', 'report_every') else 0}",
-                           "fix the value")
+                raise _bad(
+                    path,
+                    f"tune.{key} must be a whole number >= {1 if key in ('trials', 'report_every') else 0}",
+                    "fix the value",
+                )
             setattr(spec, key, v)
     return spec
 
 
 def _dimension(path: Path, key: str, v: Any) -> Dimension:
     if not isinstance(v, dict):
-        raise _bad(path, f"space.{key!r} must be a table", '{ low = ..., high = ... } or { choices = [...] }')
+        raise _bad(path, f"space.{key!r} must be a table", "{ low = ..., high = ... } or { choices = [...] }")
     extra = [k for k in v if k not in ("low", "high", "log", "step", "choices")]
     if extra:
         raise _bad(path, f"space.{key!r} has unknown field {extra[0]!r}", "allowed: low, high, log, step, choices")
@@ -160,8 +164,9 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- scoring
-def measure(run: Any, bundle: Any, *, k: int, n_samples: int, n_test: int, seed: int = 0,
-            need_density: bool = False) -> dict[str, float]:
+def measure(
+    run: Any, bundle: Any, *, k: int, n_samples: int, n_test: int, seed: int = 0, need_density: bool = False
+) -> dict[str, float]:
     """The objective's metrics for a run on held-out data (what the objective may weigh)."""
     out: dict[str, float] = {}
     test = bundle.test[:n_test].float()
@@ -169,10 +174,14 @@ def measure(run: Any, bundle: Any, *, k: int, n_samples: int, n_test: int, seed:
     if mix is not None:
         kept = bundle.info.get("kept_modes")
         means, stds, w = data_mixture(mix, kept)
-        mm = mixture_metrics(run.sample(n_samples, seed=seed + 1), torch.as_tensor(mix["means"]),
-                             torch.as_tensor(mix["stds"]))
-        out.update(modes=mm["modes_captured"] / mm["modes_total"], high_quality=mm["high_quality"],
-                   kl_to_uniform=mm["kl_to_uniform"])
+        mm = mixture_metrics(
+            run.sample(n_samples, seed=seed + 1), torch.as_tensor(mix["means"]), torch.as_tensor(mix["stds"])
+        )
+        out.update(
+            modes=mm["modes_captured"] / mm["modes_total"],
+            high_quality=mm["high_quality"],
+            kl_to_uniform=mm["kl_to_uniform"],
+        )
         truth = mixture_log_density(test, means, stds, w)
         if need_density and run.model.density_estimator:
             out["estimator_error"] = estimator_fidelity(run.log_density(test), truth)["estimator_mae"]
@@ -188,17 +197,28 @@ def score(metrics: dict[str, float], objective: dict[str, float]) -> float:
     """Weighted sum of the metrics; a metric the run cannot give is an error."""
     missing = [m for m in objective if m not in metrics]
     if missing:
-        raise FGMError(f"objective metric {missing[0]!r} is not available for this run",
-                       "mixture metrics need a 2-D mixture dataset, likelihoods a gaussian generator, "
-                       "estimator_error the density critic")
+        raise FGMError(
+            f"objective metric {missing[0]!r} is not available for this run",
+            "mixture metrics need a 2-D mixture dataset, likelihoods a gaussian generator, "
+            "estimator_error the density critic",
+        )
     total = sum(w * metrics[m] for m, w in objective.items())
     return total if math.isfinite(total) else -math.inf
 
 
 # --------------------------------------------------------------------------- the study
-def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list[str] | None = None,
-         storage: str | None = None, study_name: str | None = None, trials: int | None = None,
-         progress: bool = False, echo: Any = print) -> dict[str, Any]:
+def tune(
+    search: Path,
+    out: Path,
+    *,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    trials: int | None = None,
+    progress: bool = False,
+    echo: Any = print,
+) -> dict[str, Any]:
     """Run (or resume) a study; write ``best.toml``, ``history.png`` and ``trials.json`` to ``out``."""
     optuna = require_optuna()
     spec = parse_search(Path(search))
@@ -212,10 +232,15 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
     study_name = study_name or Path(search).stem
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials,
-                                           n_warmup_steps=spec.pruner_warmup_steps))
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=spec.pruner_startup_trials, n_warmup_steps=spec.pruner_warmup_steps
+        ),
+    )
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     todo = max(0, spec.trials - len(done))
     if todo:
@@ -225,8 +250,13 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
     def objective(trial: Any) -> float:
         values = {d.key: d.suggest(trial) for d in spec.dims}
         data = trial_config(base, values)
-        data["run"] = {**data["run"], "out_dir": str(out / "runs"), "name": f"trial-{trial.number:04d}",
-                       "progress": False, "tensorboard": False}
+        data["run"] = {
+            **data["run"],
+            "out_dir": str(out / "runs"),
+            "name": f"trial-{trial.number:04d}",
+            "progress": False,
+            "tensorboard": False,
+        }
         cfg = validate(data, f"trial {trial.number}")
         trainer = Trainer(cfg, plugins)
         if trainer.run_dir.exists():  # a trial of an interrupted session, same number: start it afresh
@@ -240,8 +270,10 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
                 return
             run = Run(tr.run_dir, cfg, tr.model, tr.info, plugins.resolved())
             tr.model.eval()
-            value = score(measure(run, bundle, k=10, n_samples=1000, n_test=500, seed=cfg.run.seed,
-                                  need_density=need_density), spec.objective)
+            value = score(
+                measure(run, bundle, k=10, n_samples=1000, n_test=500, seed=cfg.run.seed, need_density=need_density),
+                spec.objective,
+            )
             tr.model.train()
             trial.report(value, tr.step)
             if trial.should_prune():
@@ -253,14 +285,15 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
             echo(f"trial {trial.number}: failed: {e}")
             return math.nan
         run = Run(trainer.run_dir, cfg, trainer.model.eval(), trainer.info, plugins.resolved())
-        metrics = measure(run, bundle, k=100, n_samples=2500, n_test=2000, seed=cfg.run.seed,
-                          need_density=need_density)
+        metrics = measure(run, bundle, k=100, n_samples=2500, n_test=2000, seed=cfg.run.seed, need_density=need_density)
         value = score(metrics, spec.objective)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("config", cfg.to_dict())
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        echo(f"trial {trial.number}: objective {value:.4g} ({shown}) with "
-             + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        echo(
+            f"trial {trial.number}: objective {value:.4g} ({shown}) with "
+            + ", ".join(f"{k}={v!r}" for k, v in values.items())
+        )
         return value
 
     if todo:
@@ -271,28 +304,47 @@ def tune(search: Path, out: Path, *, config: Path | None = None, overrides: list
 def write_outputs(study: Any, out: Path, optuna: Any) -> dict[str, Any]:
     """best.toml, history.png and trials.json of a study."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "metrics": t.user_attrs.get("metrics"),
-             "last_step": max(t.intermediate_values) if t.intermediate_values else None} for t in study.trials]
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "metrics": t.user_attrs.get("metrics"),
+            "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+        }
+        for t in study.trials
+    ]
     (out / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     plot_history(study, out / "history.png", optuna)
     if not complete:
-        raise FGMError(f"no trial of study {study.study_name!r} completed (see {out / 'trials.json'})",
-                       "widen the search space, lower the pruning (tune.pruner_warmup_steps) or check the base config")
+        raise FGMError(
+            f"no trial of study {study.study_name!r} completed (see {out / 'trials.json'})",
+            "widen the search space, lower the pruning (tune.pruner_warmup_steps) or check the base config",
+        )
     best = study.best_trial
     cfg = FGMConfig.model_validate(best.user_attrs["config"])
     cfg.run.out_dir, cfg.run.name = FGMConfig().run.out_dir, None
     cfg.run.progress, cfg.run.tensorboard = FGMConfig().run.progress, FGMConfig().run.tensorboard
-    head = (f"# best trial {best.number} of study {study.study_name!r}: objective {best.value:.6g}\n"
-            f"# metrics: {json.dumps(best.user_attrs.get('metrics', {}))}\n"
-            f"# searched: {json.dumps(best.params)}\n")
+    head = (
+        f"# best trial {best.number} of study {study.study_name!r}: objective {best.value:.6g}\n"
+        f"# metrics: {json.dumps(best.user_attrs.get('metrics', {}))}\n"
+        f"# searched: {json.dumps(best.params)}\n"
+    )
     tmp = out / "best.toml.tmp"
     tmp.write_text(head + dump_toml(cfg))
     tmp.replace(out / "best.toml")
-    return {"best_trial": best.number, "best_value": best.value, "best_params": best.params,
-            "metrics": best.user_attrs.get("metrics"), "trials": len(study.trials),
-            "complete": len(complete), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-            "best_toml": str(out / "best.toml"), "history_png": str(out / "history.png")}
+    return {
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "metrics": best.user_attrs.get("metrics"),
+        "trials": len(study.trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "best_toml": str(out / "best.toml"),
+        "history_png": str(out / "history.png"),
+    }
 
 
 def plot_history(study: Any, path: Path, optuna: Any) -> Path:
