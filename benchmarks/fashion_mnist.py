@@ -11,7 +11,7 @@ references, ``--seeds`` seeds each (``fgm compare``, mean ± s.e.). Then one kl 
 without the classes ``REMOVED`` and evaluated on all ten, where the collapse detector should
 name exactly those. Writes ``--out`` (default ``docs/results/fashion_mnist``): report.md,
 report.html, samples/curves figures, results.json, the per-part compare reports under parts/ and
-every run under runs/.
+every run under runs/ (or ``--runs DIR``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def base_config(data: Path | None, quick: bool, steps: int | None, threads: int 
     return cfg
 
 
-def collapse_run(base: dict[str, Any], out: Path, k: int, n_samples: int) -> dict[str, Any]:
+def collapse_run(base: dict[str, Any], runs: Path, k: int, n_samples: int) -> dict[str, Any]:
     """kl trained without ``REMOVED``, evaluated on all ten classes."""
     import fgm_core as fgm
     from fgm_core.config import deep_merge
@@ -70,7 +70,7 @@ def collapse_run(base: dict[str, Any], out: Path, k: int, n_samples: int) -> dic
 
     keep = [c for c in range(10) if c not in REMOVED]
     cfg = deep_merge(base, {"data": {"options": {"classes": keep}}, "divergence": {"name": "kl"},
-                            "run": {"out_dir": str(out / "runs"), "name": "collapse-kl-density-s0", "seed": 0,
+                            "run": {"out_dir": str(runs), "name": "collapse-kl-density-s0", "seed": 0,
                                     "progress": False, "tensorboard": False}})
     t0 = time.perf_counter()
     run = fgm.train(cfg)
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny nets, 3 steps, 1 seed, 300 images")
     ap.add_argument("--data", type=Path, default=None, help="directory of the four IDX files")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fashion_mnist")
+    ap.add_argument("--runs", type=Path, default=None, help="where the trained runs go (default OUT/runs)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3; 1 with --quick)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 3000; 3 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -156,16 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(args.data, args.quick, args.steps, args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    runs = args.runs or out / "runs"
     t0 = time.perf_counter()
     parts = []
     for critic, divs in [("density", DENSITY), *REFERENCES]:
         part = out / "parts" / critic
         compare(divs, [critic], seeds, part, base=base, k=k, n_samples=n_samples, progress=not args.quick,
-                threads=args.threads, runs_dir=out / "runs")
+                threads=args.threads, runs_dir=runs)
         parts.append(part)
     summary = merge(out, parts, write=False)
     summary["critics"] = ["density", "marginal", "joint"]
-    collapse = collapse_run(base, out, k, n_samples)
+    collapse = collapse_run(base, runs, k, n_samples)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = (f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
                f"torch threads {args.threads or 'default'}; {time.perf_counter() - t0:.0f} s in all")
