@@ -1,9 +1,14 @@
 """Fashion-MNIST: how the f-divergence changes sharpness and mode coverage, in one command.
 
-    python benchmarks/fashion_mnist.py                  # the full experiment (hours on 2 CPU cores)
+    python benchmarks/fashion_mnist.py                  # the full experiment (about 2.5 h on 2 CPU cores)
     python benchmarks/fashion_mnist.py --quick          # smoke run: tiny nets, a few steps, one seed
     python benchmarks/fashion_mnist.py --data DIR       # IDX files elsewhere (default: Debian's
                                                         # dataset-fashion-mnist package)
+    python benchmarks/fashion_mnist.py --report-only    # rewrite the report from OUT/results.json
+
+The full experiment trains every row at the main budget (``--steps``, 1,000) and again at each
+smaller budget of ``--trend-steps`` (500), into OUT/steps-N, so the report shows the trend with
+budget beside the quality goals.
 
 The same DCGAN networks and budget for every row (``BASE``): the density critic (f-GM) with
 ``DENSITY`` (kl is the VAE), plus the marginal critic (f-GAN) and the joint critic with js as
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -33,12 +39,13 @@ REFERENCES = [("marginal", ["js"]), ("joint", ["js"])]
 #: classes left out of the collapse run's training data (Trouser, Sandal, Bag).
 REMOVED = [1, 5, 8]
 #: the budget of every row (one set of networks, one length, one batch): fgm's image defaults
-#: (fgm_core.config.IMAGE_DEFAULTS) but for the length.
+#: (fgm_core.config.IMAGE_DEFAULTS) but for the length, chosen so that the whole experiment
+#: (two budgets, 3 seeds) fits in about three hours on 2 CPU cores.
 BASE: dict[str, Any] = {
     "data": {"dataset": "idx", "options": {}},
     "model": {"architecture": "dcgan", "options": {"channels": 32}, "latent_dim": 16, "sigma": 0.1},
     "optim": {"batch_size": 64, "lr": 1e-3},
-    "run": {"steps": 3000, "checkpoint_every": 1000, "device": "cpu", "threads": None, "eval_samples": 500},
+    "run": {"steps": 1000, "checkpoint_every": 1000, "device": "cpu", "threads": None, "eval_samples": 500},
 }
 QUICK: dict[str, Any] = {
     "data": {"options": {"limit": 300, "test_limit": 100}},
@@ -66,12 +73,26 @@ def collapse_run(base: dict[str, Any], runs: Path, k: int, n_samples: int) -> di
     """kl trained without ``REMOVED``, evaluated on all ten classes."""
     import fgm_core as fgm
     from fgm_core.config import deep_merge
+    from fgm_core.storage import remove_run_dir
     from fgm_report.evaluate import evaluate, load_test_bundle
 
     keep = [c for c in range(10) if c not in REMOVED]
-    cfg = deep_merge(base, {"data": {"options": {"classes": keep}}, "divergence": {"name": "kl"},
-                            "run": {"out_dir": str(runs), "name": "collapse-kl-density-s0", "seed": 0,
-                                    "progress": False, "tensorboard": False}})
+    cfg = deep_merge(
+        base,
+        {
+            "data": {"options": {"classes": keep}},
+            "divergence": {"name": "kl"},
+            "run": {
+                "out_dir": str(runs),
+                "name": "collapse-kl-density-s0",
+                "seed": 0,
+                "progress": False,
+                "tensorboard": False,
+            },
+        },
+    )
+    if (runs / cfg["run"]["name"]).exists():  # this benchmark's earlier collapse run: replace it
+        remove_run_dir(runs / cfg["run"]["name"])
     t0 = time.perf_counter()
     run = fgm.train(cfg)
     seconds = time.perf_counter() - t0
@@ -86,25 +107,35 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
     mc = res["mode_collapse"]
     named = mc["collapsed_names"]
     removed = res["removed"]
-    verdict = "exactly those" if sorted(named) == sorted(removed) else (
-        f"{len(set(named) & set(removed))} of the {len(removed)} removed, "
-        f"{len(set(named) - set(removed))} others")
-    lines = ["## Mode collapse: three classes removed", "",
-             f"One kl model (density critic, seed 0, the same budget) trained without **{', '.join(removed)}**, "
-             f"evaluated on all ten classes ({res['train_seconds']:.0f} s of training). The detector names: "
-             f"**{', '.join(named) or 'none'}** ({verdict}). Rule: a class is collapsed when its share of the "
-             "samples is below 0.2 of its share of the data and either half its held-out points have a gap "
-             "g(x) = log p_D(x) - log p_theta(x) above log 10 nats, or its sample share is below 0.05 of "
-             "the data's.", "",
-             "| class | data % | sample % | mean gap (nats) | gap > log 10 (%) | verdict |", "|---|---|---|---|---|---|"]
+    verdict = (
+        "exactly those"
+        if sorted(named) == sorted(removed)
+        else (
+            f"{len(set(named) & set(removed))} of the {len(removed)} removed, {len(set(named) - set(removed))} others"
+        )
+    )
+    lines = [
+        "## Mode collapse: three classes removed",
+        "",
+        f"One kl model (density critic, seed 0, the same budget) trained without **{', '.join(removed)}**, "
+        f"evaluated on all ten classes ({res['train_seconds']:.0f} s of training). The detector names: "
+        f"**{', '.join(named) or 'none'}** ({verdict}). Rule: a class is collapsed when its share of the "
+        "samples is below 0.2 of its share of the data and either half its held-out points have a gap "
+        "g(x) = log p_D(x) - log p_theta(x) above log 10 nats, or its sample share is below 0.05 of "
+        "the data's.",
+        "",
+        "| class | data % | sample % | mean gap (nats) | gap > log 10 (%) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in mc["modes"]:
         gap = f"{r['mean_gap']:.1f}" if "mean_gap" in r else "–"
         share = f"{100 * r['gap_share']:.0f}" if "gap_share" in r else "–"
         mark = "**collapsed**" if r["collapsed"] else "covered"
         if r["name"] in removed:
             mark += " (removed)"
-        lines.append(f"| {r['name']} | {100 * r['data_share']:.1f} | {100 * r['sample_share']:.1f} | {gap} | "
-                     f"{share} | {mark} |")
+        lines.append(
+            f"| {r['name']} | {100 * r['data_share']:.1f} | {100 * r['sample_share']:.1f} | {gap} | {share} | {mark} |"
+        )
     return lines + [""]
 
 
@@ -128,12 +159,179 @@ def verdict_table(summary: dict[str, Any]) -> list[str]:
             rows[lab][m["name"]] += int(m["collapsed"])
     if not rows:
         return []
-    lines = ["## Mode-collapse verdict per class", "",
-             "Seeds on which the detector calls the class collapsed (0 everywhere: all ten classes covered).", "",
-             "| row | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines = [
+        "## Mode-collapse verdict per class",
+        "",
+        "Seeds on which the detector calls the class collapsed (0 everywhere: all ten classes covered).",
+        "",
+        "| row | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for lab, per in rows.items():
         lines.append(f"| {lab} | " + " | ".join(f"{per.get(n, 0)}/{seeds[lab]}" for n in names) + " |")
     return lines + [""]
+
+
+def row_stats(summary: dict[str, Any], key: str) -> dict[str, tuple[float, float, int]]:
+    """Per row label: (mean, s.e., seeds) of ``key`` over the runs that finished."""
+    from fgm_report.compare import _label, mean_se
+
+    vals: dict[str, list[float]] = {}
+    for r in summary["runs"]:
+        if "error" in r or r.get(key) is None:
+            continue
+        vals.setdefault(_label(r["divergence"], r["critic"], summary["critics"]), []).append(float(r[key]))
+    return {lab: (*mean_se(v), len(v)) for lab, v in vals.items()}
+
+
+def goals_section(summary: dict[str, Any]) -> list[str]:
+    """The issue's quality goals, checked against the table: the best density-critic row against
+    the VAE (kl / density) and the f-GAN reference (js / marginal)."""
+    fd = row_stats(summary, "frechet_distance")
+    ckl = row_stats(summary, "class_kl")
+    sharp = row_stats(summary, "sharpness_means")
+    vae, fgan = "kl / density", "js / marginal"
+    density = [lab for lab in fd if lab.endswith("/ density") and lab != vae]
+    if vae not in fd or not density:
+        return []
+    best = min(density, key=lambda lab: fd[lab][0])
+    covered = [lab for lab in density if ckl.get(lab, (math.inf,))[0] <= 0.05]
+    best_cov = min(covered, key=lambda lab: fd[lab][0]) if covered else None
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    lines = [
+        "## Quality goals",
+        "",
+        f"Best density-critic row by Frechet distance: **{best}**, {fd[best][0]:.1f} ± {fd[best][1]:.1f} "
+        f"against the VAE's {fd[vae][0]:.1f} ± {fd[vae][1]:.1f} (ratio {fd[best][0] / fd[vae][0]:.2f}).",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+    ]
+    if best_cov:
+        r = fd[best_cov][0] / fd[vae][0]
+        lines.append(
+            f"| a density row with Frechet <= 0.5 x the VAE's and class KL <= 0.05 | {best_cov}: ratio "
+            f"{r:.2f}, class KL {ckl[best_cov][0]:.3f} | {met(r <= 0.5)} |"
+        )
+    else:
+        lines.append(
+            f"| a density row with Frechet <= 0.5 x the VAE's and class KL <= 0.05 | no density row other "
+            f"than the VAE has class KL <= 0.05 (best: {best}, {ckl.get(best, (math.nan,))[0]:.3f}) "
+            f"| {met(False)} |"
+        )
+    if best in sharp and vae in sharp:
+        lines.append(
+            f"| sharper than the VAE (Laplacian variance of the generator means; data "
+            f"{summary['runs'][0].get('data_sharpness', math.nan):.4g}) | {best} {sharp[best][0]:.4g} "
+            f"against {sharp[vae][0]:.4g} | {met(sharp[best][0] > sharp[vae][0])} |"
+        )
+    if fgan in fd:
+        r = fd[best][0] / fd[fgan][0]
+        lines.append(
+            f"| best density row within 20% of f-GAN's Frechet | {fd[best][0]:.1f} against "
+            f"{fd[fgan][0]:.1f} (ratio {r:.2f}) | {met(r <= 1.2)} |"
+        )
+    return lines + [""]
+
+
+def trend_section(summaries: list[dict[str, Any]]) -> list[str]:
+    """Frechet distance and class KL per row at each budget (steps), smallest budget first."""
+    if len(summaries) < 2:
+        return []
+    summaries = sorted(summaries, key=lambda x: x["config"]["run"]["steps"])
+    steps = [x["config"]["run"]["steps"] for x in summaries]
+    fds = [row_stats(x, "frechet_distance") for x in summaries]
+    ckls = [row_stats(x, "class_kl") for x in summaries]
+    labels = [lab for lab in fds[-1]]
+    lines = [
+        "## Trend with budget",
+        "",
+        "The same rows, networks and seeds trained for fewer steps (the smaller budgets' full reports are in "
+        + ", ".join(f"[steps-{n}](steps-{n}/report.md)" for n in steps[:-1])
+        + "). Frechet distance "
+        "(lower is better) and class-histogram KL, mean over seeds.",
+        "",
+        "| row | "
+        + " | ".join(f"Frechet, {n} steps" for n in steps)
+        + " | "
+        + " | ".join(f"class KL, {n} steps" for n in steps)
+        + " |",
+        "|---|" + "---|" * (2 * len(steps)),
+    ]
+    for lab in labels:
+        f = " | ".join(f"{fd[lab][0]:.1f}" if lab in fd else "–" for fd in fds)
+        c = " | ".join(f"{ck[lab][0]:.3f}" if lab in ck else "–" for ck in ckls)
+        lines.append(f"| {lab} | {f} | {c} |")
+    return lines + [""]
+
+
+def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs: Path) -> dict[str, Any]:
+    """Train and evaluate every row and the collapse run at one budget; returns the summary."""
+    from fgm_report.compare import compare, merge
+
+    seeds = args.seeds or (1 if args.quick else 3)
+    k = args.k or (2 if args.quick else 100)
+    n_samples = args.samples or (200 if args.quick else 2500)
+    base = base_config(args.data, args.quick, steps, args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    parts = []
+    for critic, divs in [("density", DENSITY), *REFERENCES]:
+        part = out / "parts" / critic
+        compare(
+            divs,
+            [critic],
+            seeds,
+            part,
+            base=base,
+            k=k,
+            n_samples=n_samples,
+            progress=not args.quick,
+            threads=args.threads,
+            runs_dir=runs,
+        )
+        parts.append(part)
+    summary = merge(out, parts, write=False)
+    summary["critics"] = ["density", "marginal", "joint"]
+    summary["collapse_run"] = collapse_run(base, runs, k, n_samples)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    summary["machine"] = (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
+        f"torch threads {args.threads or 'default'}; {time.perf_counter() - t0:.0f} s in all"
+    )
+    (out / "results.json").write_text(json.dumps(summary, default=str))
+    return summary
+
+
+def write_full_report(
+    summary: dict[str, Any], out: Path, budgets: list[dict[str, Any]], quick: bool, command: str
+) -> None:
+    from fgm_report.compare import write_report
+
+    seeds = summary["seeds"]
+    machine = summary.get("machine") or f"{summary['total_seconds']:.0f} s for the rows, without the collapse run"
+    extra = [
+        *goals_section(summary),
+        *trend_section([*budgets, summary]),
+        *verdict_table(summary),
+        *collapse_section(summary["collapse_run"]),
+        "## Budget and reproduction",
+        "",
+        f"Every row: the networks and budget above, seeds 0..{seeds - 1}; machine: {machine}.",
+        "",
+        f"Reproduce: `{command}`.",
+        "",
+    ]
+    write_report(
+        summary,
+        out,
+        extra=extra,
+        title="Fashion-MNIST: how the divergence changes sharpness and mode coverage"
+        + (" (quick smoke run)" if quick else ""),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,44 +341,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fashion_mnist")
     ap.add_argument("--runs", type=Path, default=None, help="where the trained runs go (default OUT/runs)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3; 1 with --quick)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 3000; 3 with --quick)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 1000; 3 with --quick)")
+    ap.add_argument(
+        "--trend-steps",
+        default=None,
+        help="smaller budgets, comma-separated, each run in full into OUT/steps-N (default 500; "
+        "none with --quick; '' for none)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from OUT/results.json (and OUT/steps-N/results.json) without training",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("-k", type=int, default=None, help="importance samples for the likelihood (100; 2 quick)")
     ap.add_argument("--samples", type=int, default=None, help="samples per evaluation (2500; 200 quick)")
     args = ap.parse_args(argv)
 
-    from fgm_report.compare import compare, merge, write_report
-
-    seeds = args.seeds or (1 if args.quick else 3)
-    k = args.k or (2 if args.quick else 100)
-    n_samples = args.samples or (200 if args.quick else 2500)
-    base = base_config(args.data, args.quick, args.steps, args.threads)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     runs = args.runs or out / "runs"
-    t0 = time.perf_counter()
-    parts = []
-    for critic, divs in [("density", DENSITY), *REFERENCES]:
-        part = out / "parts" / critic
-        compare(divs, [critic], seeds, part, base=base, k=k, n_samples=n_samples, progress=not args.quick,
-                threads=args.threads, runs_dir=runs)
-        parts.append(part)
-    summary = merge(out, parts, write=False)
-    summary["critics"] = ["density", "marginal", "joint"]
-    collapse = collapse_run(base, runs, k, n_samples)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = (f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
-               f"torch threads {args.threads or 'default'}; {time.perf_counter() - t0:.0f} s in all")
-    extra = [*verdict_table(summary), *collapse_section(collapse),
-             "## Budget and reproduction", "",
-             f"Every row: the networks and budget above, seeds 0..{seeds - 1}; machine: {machine}.", "",
-             f"Reproduce: `python benchmarks/fashion_mnist.py{' --quick' if args.quick else ''}` "
-             f"({'smoke run' if args.quick else 'the full experiment'}).", ""]
-    summary["collapse_run"] = collapse
-    (out / "results.json").write_text(json.dumps(summary, default=str))
-    write_report(summary, out, extra=extra,
-                 title="Fashion-MNIST: how the divergence changes sharpness and mode coverage"
-                 + (" (quick smoke run)" if args.quick else ""))
+    trend = args.trend_steps if args.trend_steps is not None else ("" if args.quick else "500")
+    trend_steps = [int(t) for t in trend.split(",") if t.strip()]
+    if args.report_only:
+        summary = json.loads((out / "results.json").read_text())
+        budgets = [json.loads(p.read_text()) for p in sorted(out.glob("steps-*/results.json"))]
+    else:
+        budgets = []
+        for n in trend_steps:
+            sub = out / f"steps-{n}"
+            b = run_experiment(args, sub, n, runs / f"steps-{n}")
+            write_full_report(b, sub, [], args.quick, f"python benchmarks/fashion_mnist.py (the {n}-step budget)")
+            budgets.append(b)
+        summary = run_experiment(args, out, args.steps, runs)
+    command = "python benchmarks/fashion_mnist.py" + (" --quick" if args.quick else "")
+    write_full_report(summary, out, budgets, args.quick, command)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 
