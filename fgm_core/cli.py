@@ -102,7 +102,7 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Pat
     """fgm: train f-divergence generative models (f-GM) that unify VAEs and GANs.
 
     One trained model samples, infers latents and scores the likelihood of any datum;
-    divergences, architectures, datasets and exporters are plugins.
+    divergences, architectures, latent priors, datasets and exporters are plugins.
     """
     ctx.obj = Ctx(debug, strict_plugins, plugins_toml)
 

@@ -175,6 +175,8 @@ class Run:
         for i in range(0, n, batch):
             b = min(batch, n - i)
             z = torch.randn(b, self.model.latent_dim, generator=g, device=self.device)
+            u = torch.rand(b, generator=g, device=self.device) if self.model.prior.needs_uniform else None
+            z = self.model.prior.sample(z, u)
             eps = torch.randn(b, *self.info.shape, generator=g, device=self.device) if noise else None
             out.append(self.model.generate(z, eps))
         return self.info.scaling.to_data(torch.cat(out)).cpu()
