@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fgmhelp import cli
 from safetensors.torch import load_file
 from torch import nn
 
 import fgm_core as fgm
 from fgm_core.build import DataInfo
-from fgm_core.cli import main
 from fgm_core.components import Networks, Scaling
 from fgm_core.config import build_config
 from fgm_core.errors import FGMError
@@ -258,20 +258,10 @@ def test_a_mixture_prior_trains_saves_loads_and_samples(mixture_run):
 
 def test_changing_the_prior_on_resume_is_refused(mixture_run, capsys, tmp_path):
     for setting in ("model.prior=normal", "model.prior_options.components=4"):
-        code, err = cli(capsys, "train", "--resume", str(mixture_run), "--set", "run.steps=50", "--set", setting)
+        code, _, err = cli(capsys, "train", "--resume", str(mixture_run), "--set", "run.steps=50", "--set", setting)
         key = setting.split("=")[0].rsplit(".", 1)[0] if "options" in setting else "model.prior"
         assert code == 1 and len(err.strip().splitlines()) == 1, err
         assert f"cannot change {key}" in err
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -289,7 +279,7 @@ def test_bad_prior_settings_are_one_error_line(capsys, tmp_path, monkeypatch, se
     argv = ["train", "--out", str(tmp_path / "runs"), "--steps", "1"]
     for s in settings:
         argv += ["--set", s]
-    code, err = cli(capsys, *argv)
+    code, _, err = cli(capsys, *argv)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert message in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
