@@ -314,3 +314,24 @@ def test_onnx_export_samples_from_the_mixture_prior(mixture_run, tmp_path):
         ref = run.model.log_likelihood(run.info.scaling.to_model(torch.as_tensor(xs)), torch.as_tensor(keps))
     ref = ref.numpy() + run.info.scaling.log_det(2)
     np.testing.assert_allclose(m.log_likelihood(xs, k=16, eps=keps), ref, rtol=1e-4, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- the documented plugin
+def test_the_prior_plugin_example_in_the_docs_works(capsys, tmp_path, monkeypatch):
+    """The example of docs/plugins.md ("### Prior") as a local plugin: it trains, and its
+    parameters are saved with the weights."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    block = text.split("# shifted_prior.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "shifted_prior.py").write_text(block)
+    monkeypatch.setenv("FGM_PLUGINS", "divergences,mlp,datasets,shifted_prior")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--plugin", "./shifted_prior.py", "--set", "model.prior=shifted", "--set",
+            "model.prior_options.std=0.5", "--steps", "3", "--out", "runs", "--name", "doc", "-q",
+            "--set", "data.options.n_train=256", "--set", "optim.batch_size=64", "--set", "run.eval_samples=64"]
+    code, _, err = cli(capsys, *argv)
+    assert code == 0, err
+    w = load_file(str(tmp_path / "runs" / "doc" / "model.safetensors"))
+    assert w["prior.log_std"].shape == (2,) and not torch.allclose(w["prior.log_std"], torch.full((2,), math.log(0.5)))
+    bad = [a.replace("std=0.5", "scale=1").replace("doc", "bad") for a in argv]
+    code, _, err = cli(capsys, *bad)
+    assert code == 1 and "prior 'shifted' has no option 'scale'" in err, err
