@@ -688,7 +688,7 @@ SCALING_DOC = {
 }
 
 _IO_DOCS = {
-    ("generator", "z"): "latent rows drawn from the prior p(z) = N(0, I)",
+    ("generator", "z"): "latent rows drawn from the prior p(z), the manifest's prior (normal: N(0, I))",
     ("generator", "eps"): "standard normal noise, one per data value: x = to_data(mean(z) + sigma * eps); "
     "zeros give the generator mean",
     ("generator", "x"): "samples in data units (not clipped; see sampling.clip)",
