@@ -344,6 +344,7 @@ ExporterFactory = Callable[[], Exporter]
 
 __all__ = [
     "CRITIC_FORMS",
+    "LOG_2PI",
     "Architecture",
     "ArchitectureFactory",
     "CriticForm",
