@@ -165,7 +165,9 @@ class Run:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, noise: bool = True, batch: int | None = None) -> Tensor:
-        """``n`` samples in data units (``noise=False``: the generator means)."""
+        """``n`` samples in data units (``noise=False``: the generator means). Per batch, z's
+        normals, then (for a prior that needs them, a mixture) one uniform per row, then the
+        generator noise, all from one generator seeded by ``seed``."""
         if n < 1:
             raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
         check_result_size(n, self.info.dims, f"{n} samples of {self.info.dims} values", "draw fewer samples at a time")
