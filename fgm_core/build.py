@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fgm_core.components import DataBundle, DataRequest, Divergence, NetworkSpec, Scaling
+from fgm_core.components import DataBundle, DataRequest, Divergence, NetworkSpec, Prior, Scaling, StandardNormal
 from fgm_core.config import FGMConfig, check_device
-from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError
+from fgm_core.errors import PLUGIN_FAILURES, FGMError, PluginError, unknown_name
 from fgm_core.model import FGMModel
 from fgm_core.plugins import PluginSet
 
@@ -112,6 +112,38 @@ def make_divergence(cfg: FGMConfig, plugins: PluginSet) -> Divergence:
     return div
 
 
+def make_prior(cfg: FGMConfig, plugins: PluginSet) -> Prior:
+    """The latent prior ``model.prior``: ``normal`` is the core's N(0, I) (so the default works
+    under any plugin policy); any other name is a registered prior, built with
+    ``(latent_dim, model.prior_options)``."""
+    name, options = cfg.model.prior, dict(cfg.model.prior_options)
+    if name == "normal":
+        if options:
+            raise FGMError(
+                f"prior 'normal' takes no options, got model.prior_options = {options}",
+                "remove model.prior_options, or pick a prior that has options (e.g. mixture)",
+            )
+        return StandardNormal(cfg.model.latent_dim)
+    if name not in plugins.components["priors"] and name not in plugins.clashes["priors"]:
+        raise unknown_name("prior", name, ["normal", *plugins.names("priors")])
+    comp = plugins.get("priors", name)
+    try:
+        prior = comp.factory(cfg.model.latent_dim, options)
+    except FGMError:
+        raise
+    except PLUGIN_FAILURES as e:  # noqa: BLE001
+        raise PluginError(
+            f"prior {name!r} (plugin {comp.plugin!r}) failed: {type(e).__name__}: {e}",
+            "check model.prior_options, or report it to the plugin's author",
+        ) from e
+    if not isinstance(prior, Prior):
+        raise PluginError(
+            f"prior {name!r} (plugin {comp.plugin!r}) returned a {type(prior).__name__}, not a Prior",
+            "report it to the plugin's author",
+        )
+    return prior
+
+
 def exponential_T(divergence: Divergence) -> bool:
     """Whether T(s) = f'(e^s) grows exponentially as s -> -inf (|T(-20)| > 100): reverse_kl,
     neyman, hellinger, jeffrey, alpha < 1. Works for any divergence, custom ones included."""
@@ -196,6 +228,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         ) from e
     if cfg.critic.spectral_norm:
         apply_spectral_norm(nets.critic)
+    prior = make_prior(cfg, plugins)  # after the networks: their seeded initialisation is unchanged
     m = cfg.model
     return FGMModel(
         nets,
@@ -211,6 +244,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         generator_loss=resolve_generator_loss(cfg, divergence),
         gradient_penalty=cfg.critic.gradient_penalty,
         density_estimator=cfg.critic.n_critic > 0,
+        prior=prior,
     )
 
 

@@ -102,7 +102,7 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool, plugins_toml: Pat
     """fgm: train f-divergence generative models (f-GM) that unify VAEs and GANs.
 
     One trained model samples, infers latents and scores the likelihood of any datum;
-    divergences, architectures, datasets and exporters are plugins.
+    divergences, architectures, latent priors, datasets and exporters are plugins.
     """
     ctx.obj = Ctx(debug, strict_plugins, plugins_toml)
 
@@ -326,6 +326,7 @@ def config_show(
 ) -> None:
     """Print the resolved configuration of a command line, or of RUN_DIR."""
     from fgm_core.api import resolve_config
+    from fgm_core.build import make_prior
     from fgm_core.config import dump_toml, validate
     from fgm_core.storage import read_json
 
@@ -340,6 +341,7 @@ def config_show(
             ("divergences", cfg.divergence.name),
         ):
             plugins.get(kind, component)  # an unknown name is the error `fgm train` gives
+        make_prior(cfg, plugins)  # the prior's name and options, as `fgm train` checks them
     click.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else dump_toml(cfg), nl=not as_json)
 
 

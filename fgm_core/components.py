@@ -1,5 +1,5 @@
-"""The component contracts that plugins implement: divergences, architectures, datasets,
-exporters.
+"""The component contracts that plugins implement: divergences, architectures, latent priors,
+datasets, exporters.
 
 Plugins register *factories* (callables returning one of these objects) under a name; the
 core builds components by name from the configuration and never imports a plugin directly.
@@ -207,6 +207,62 @@ def unshare_parametrized_classes(net: nn.Module) -> None:
             module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
+# --------------------------------------------------------------------------- priors
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Prior(nn.Module, ABC):
+    """The latent prior p(z): it appears in the log ratio s = l(x) + log q(z|x) - log p(z) -
+    log p(x|z) and in every likelihood, and it is what the generator is fed when sampling.
+
+    A prior is a module: its parameters train with the encoder and generator (one optimiser)
+    and are saved with the model weights. It never draws random numbers itself: the caller
+    passes standard-normal noise ``eps`` (B, d) and, when :attr:`needs_uniform` is True, one
+    uniform number per row ``u`` (B,) for a discrete choice (a mixture component), so
+    training noise stays in one seeded stream and a run that needs no uniforms draws none.
+    """
+
+    #: True when :meth:`sample` needs the uniforms ``u``; False lets callers skip drawing them.
+    needs_uniform: bool = False
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+
+    @abstractmethod
+    def sample(self, eps: Tensor, u: Tensor | None) -> Tensor:
+        """z ~ p(z) from eps ~ N(0, I) (B, d) and u ~ U(0, 1) (B,), reparameterised so that
+        gradients reach the prior's parameters."""
+
+    @abstractmethod
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per row, (B,), computed in log space."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able kind and parameters, recorded in exports (the torch-free runtime samples
+        z from it; it knows the kinds ``normal`` and ``mixture``)."""
+        return {"kind": type(self).__name__}
+
+
+class StandardNormal(Prior):
+    """p(z) = N(0, I), no parameters: the default prior, part of the core so that it works with
+    any plugin policy (``FGM_PLUGINS`` restricted to a few plugins included)."""
+
+    def sample(self, eps: Tensor, u: Tensor | None) -> Tensor:
+        return eps
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return (-0.5 * (LOG_2PI + z * z)).flatten(1).sum(1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "normal"}
+
+
+PriorFactory = Callable[[int, dict[str, Any]], Prior]
+"""``factory(latent_dim, options) -> Prior``; options come from ``model.prior_options``. A bad
+option raises :class:`fgm_core.errors.FGMError` naming it."""
+
+
 # --------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class Scaling:
@@ -288,6 +344,7 @@ ExporterFactory = Callable[[], Exporter]
 
 __all__ = [
     "CRITIC_FORMS",
+    "LOG_2PI",
     "Architecture",
     "ArchitectureFactory",
     "CriticForm",
@@ -300,5 +357,8 @@ __all__ = [
     "ExporterFactory",
     "NetworkSpec",
     "Networks",
+    "Prior",
+    "PriorFactory",
     "Scaling",
+    "StandardNormal",
 ]

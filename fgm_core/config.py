@@ -65,7 +65,7 @@ class _Section(BaseModel):
     # allow_inf_nan=False: lr = inf is "not a finite number", never a value written as null
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    @field_validator("options", "params", mode="after", check_fields=False)
+    @field_validator("options", "params", "prior_options", mode="after", check_fields=False)
     @classmethod
     def _finite_options(cls, v: Any) -> Any:
         return _finite(v)
@@ -105,6 +105,9 @@ class ModelConfig(_Section):
     learn_sigma: bool = True
     sigma_per_dim: bool = True
     min_sigma: float = Field(1e-3, gt=0.0)
+    #: the latent prior p(z): ``normal`` (N(0, I), the core's) or a registered prior (``mixture``).
+    prior: str = "normal"
+    prior_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class DivergenceConfig(_Section):

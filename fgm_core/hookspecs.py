@@ -40,6 +40,16 @@ def register_architectures(register, settings: dict[str, Any]) -> None:
 
 
 @hookspec
+def register_priors(register, settings: dict[str, Any]) -> None:
+    """Register latent priors p(z): ``register(name, factory, description="")``.
+
+    ``factory(latent_dim, options)`` returns a :class:`fgm_core.components.Prior`; ``options``
+    come from ``model.prior_options``. The name ``normal`` is the core's N(0, I) and is not
+    looked up here.
+    """
+
+
+@hookspec
 def register_datasets(register, settings: dict[str, Any]) -> None:
     """Register datasets: ``register(name, factory, description="")``.
 

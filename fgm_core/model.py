@@ -16,10 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fgm_core.components import Divergence, Networks
+from fgm_core.components import LOG_2PI, Divergence, Networks, Prior, StandardNormal
 from fgm_core.errors import FGMError
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -33,10 +31,6 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return (-0.5 * (LOG_2PI + r * r) - log_std).flatten(1).sum(1)
 
 
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    return (-0.5 * (LOG_2PI + z * z)).flatten(1).sum(1)
-
-
 @dataclass
 class Losses:
     """One side's loss plus the statistics the trainer logs (all detached floats or tensors)."""
@@ -48,7 +42,8 @@ class Losses:
 
 
 class FGMModel(nn.Module):
-    """Encoder q(z|x), generator p(x|z), critic, and the f-GM objective for one divergence.
+    """Encoder q(z|x), generator p(x|z), critic, latent prior p(z), and the f-GM objective for
+    one divergence.
 
     ``critic_form`` is ``density`` (the critic is a density estimator l(x) and T = f'(Q/P) is
     computed from the log ratio s), ``joint`` (free critic V(x, z)) or ``marginal`` (V(x),
@@ -71,11 +66,14 @@ class FGMModel(nn.Module):
         generator_loss: str = "saddle",
         gradient_penalty: float = 0.0,
         density_estimator: bool = True,
+        prior: Prior | None = None,
     ) -> None:
         super().__init__()
         self.encoder = networks.encoder
         self.decoder = networks.decoder
         self.critic = networks.critic
+        #: p(z); its parameters (if any) train with the encoder and generator
+        self.prior = prior if prior is not None else StandardNormal(latent_dim)
         self.divergence = divergence
         self.critic_form = critic_form
         self.data_shape = tuple(data_shape)
@@ -120,7 +118,7 @@ class FGMModel(nn.Module):
 
     def _ratio_terms(self, x: Tensor, z: Tensor, log_q: Tensor, mean: Tensor | None = None) -> Tensor:
         """log q(z|x) - log p(z) - log p(x|z): the log ratio s without the estimator's l(x)."""
-        return log_q - standard_normal_log_prob(z) - self.log_p_x_given_z(x, z, mean=mean)
+        return log_q - self.prior.log_prob(z) - self.log_p_x_given_z(x, z, mean=mean)
 
     def generate(self, z: Tensor, eps: Tensor | None) -> Tensor:
         """x ~ p(x|z): mean plus sigma*eps (the mean alone for a deterministic generator)."""
@@ -143,7 +141,7 @@ class FGMModel(nn.Module):
         critic runs without gradients.
         """
         with torch.no_grad() if critic_step else nullcontext():
-            z_p = noise["z"]
+            z_p = self.prior.sample(noise["z"], noise.get("z_u"))
             x_p, mean_p = self._generate(z_p, noise.get("x_eps"))
             samples = {"x_p": x_p, "z_p": z_p}
             if self.critic_form != "marginal":
@@ -230,10 +228,11 @@ class FGMModel(nn.Module):
             mu, _ = self.encode(samples["x_p"].detach())
             return F.mse_loss(mu, samples["z_p"].detach(), reduction="none").flatten(1).sum(1).mean()
         z, log_q = self.posterior_sample(x_data, noise["z_eps"])
-        with _frozen(self.decoder):
+        with _frozen(self.decoder), _frozen(self.prior):
             mean = self.decoder(z)
+            log_pz = self.prior.log_prob(z)
         log_px = gaussian_log_prob(x_data, mean, self.log_sigma.detach())
-        return (log_q - standard_normal_log_prob(z) - log_px).mean()
+        return (log_q - log_pz - log_px).mean()
 
     def _gradient_penalty(
         self, x_q: Tensor, x_p: Tensor, z_q: Tensor | None, z_p: Tensor | None, alpha: Tensor
@@ -263,7 +262,7 @@ class FGMModel(nn.Module):
         zf = z.reshape(-1, z.shape[-1])
         xf = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         log_w = (
-            standard_normal_log_prob(zf)
+            self.prior.log_prob(zf)
             + self.log_p_x_given_z(xf, zf)
             - gaussian_log_prob(zf, mu.repeat(k, 1), 0.5 * logvar.repeat(k, 1))
         ).view(k, -1)
@@ -292,7 +291,7 @@ class FGMModel(nn.Module):
         z = (mu.unsqueeze(0) + torch.exp(0.5 * logvar).unsqueeze(0) * eps).reshape(-1, mu.shape[-1])
         xf = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         s = d.inverse_f_prime_log(d.activation(self.critic(xf, z).float()))
-        est = s + standard_normal_log_prob(z) + self.log_p_x_given_z(xf, z) - self.log_q(z, xf)
+        est = s + self.prior.log_prob(z) + self.log_p_x_given_z(xf, z) - self.log_q(z, xf)
         return est.view(k, -1).mean(0)
 
 

@@ -44,7 +44,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENTRY_POINT_GROUP = "fgm"
-COMPONENT_KINDS = ("divergences", "architectures", "datasets", "exporters")
+COMPONENT_KINDS = ("divergences", "architectures", "priors", "datasets", "exporters")
 BUILTIN_DIST = "fgm"
 POLICY_FILE = "plugins.toml"
 

@@ -165,7 +165,9 @@ class Run:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, noise: bool = True, batch: int | None = None) -> Tensor:
-        """``n`` samples in data units (``noise=False``: the generator means)."""
+        """``n`` samples in data units (``noise=False``: the generator means). Per batch, z's
+        normals, then (for a prior that needs them, a mixture) one uniform per row, then the
+        generator noise, all from one generator seeded by ``seed``."""
         if n < 1:
             raise FGMError(f"number of samples must be positive, got {n}", "use -n 1 or more")
         check_result_size(n, self.info.dims, f"{n} samples of {self.info.dims} values", "draw fewer samples at a time")
@@ -175,6 +177,8 @@ class Run:
         for i in range(0, n, batch):
             b = min(batch, n - i)
             z = torch.randn(b, self.model.latent_dim, generator=g, device=self.device)
+            u = torch.rand(b, generator=g, device=self.device) if self.model.prior.needs_uniform else None
+            z = self.model.prior.sample(z, u)
             eps = torch.randn(b, *self.info.shape, generator=g, device=self.device) if noise else None
             out.append(self.model.generate(z, eps))
         return self.info.scaling.to_data(torch.cat(out)).cpu()

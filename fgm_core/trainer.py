@@ -242,6 +242,8 @@ class Trainer:
                 out["x_eps"] = torch.randn(b, *self.info.shape, **kw)
             if self.cfg.critic.gradient_penalty > 0:
                 out["gp"] = torch.rand(b, **kw)
+            if self.model.prior.needs_uniform:  # a mixture's component choice; N(0, I) draws none
+                out["z_u"] = torch.rand(b, **kw)
         if self.world > 1:
             out = {k: v.view(self.world, -1, *v.shape[1:])[self.rank] for k, v in out.items()}
         return out

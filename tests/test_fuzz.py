@@ -506,7 +506,8 @@ SAFE_KEYS = ["run.seed", "run.device", "run.name", "run.precision", "run.log_eve
              "divergence.params.alpha", "divergence.params.formula", "critic.form", "critic.n_critic",
              "critic.gradient_penalty", "critic.generator_loss", "critic.spectral_norm", "model.sigma",
              "model.min_sigma", "model.generator", "model.latent_dim", "model.learn_sigma", "data.test_fraction",
-             "data.dataset", "plugins", "run", "optim", "nope.key", "run.nope", "data.options", "model.options"]
+             "data.dataset", "plugins", "run", "optim", "nope.key", "run.nope", "data.options", "model.options",
+             "model.prior", "model.prior_options", "model.prior_options.components"]
 
 
 @profile(40)

@@ -42,16 +42,25 @@ export function writeNpy(file, data, shape) {
   fs.writeFileSync(file, Buffer.concat([pre, Buffer.from(header, "latin1"), Buffer.from(data.buffer, data.byteOffset, data.byteLength)]));
 }
 
-// ------------------------------------------------------------------ seeded standard normal
-export function normals(count, seed) {
+// ------------------------------------------------------------------ seeded uniforms and standard normals
+function mulberry32(seed) {
   let s = (seed >>> 0) + 0x9e3779b9;
-  const uniform = () => { // mulberry32
+  return () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+export function uniforms(count, seed) {
+  const uniform = mulberry32(seed);
+  return Float64Array.from({ length: count }, uniform);
+}
+
+export function normals(count, seed) {
+  const uniform = mulberry32(seed);
   const out = new Float32Array(count);
   for (let i = 0; i < count; i += 2) { // Box-Muller
     const u = 1 - uniform();

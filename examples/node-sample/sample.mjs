@@ -6,13 +6,15 @@
 // Noise is an input of the graph: z (N, latent_dim) and, for a Gaussian generator,
 // eps (N, ...data_shape). Given as .npy files (float32 or float64, C order) they are used
 // as they are; otherwise they are drawn here from a seeded standard normal (not the same
-// stream as numpy's). The samples are in the data's own units (the scaling is in the graph);
+// stream as numpy's), z from the manifest's latent prior: N(0, I) ("normal") or a mixture
+// ("mixture": z = means[k] + stds[k] * e with k uniform on the components). Any other prior
+// needs --z. The samples are in the data's own units (the scaling is in the graph);
 // -o writes them as .npy, else a JSON summary goes to stdout.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
-import { fail, normals, readNpy, writeNpy } from "./npy.mjs";
+import { fail, normals, readNpy, uniforms, writeNpy } from "./npy.mjs";
 
 function parseArgs(argv) {
   const a = { dir: null, n: 16, seed: 0, z: null, eps: null, mean: false, out: null };
@@ -58,6 +60,20 @@ for (const name of ["z", "eps"]) {
   n = given[name].shape[0];
 }
 
+// z ~ the manifest's prior (an export without "prior" is N(0, I))
+const prior = manifest.prior || { kind: "normal" };
+if (!args.z && prior.kind !== "normal" && prior.kind !== "mixture") fail(`this export's latent prior "${prior.kind}" cannot be drawn here; pass --z z.npy drawn from it`);
+function drawZ(count, d) {
+  const z = normals(count, args.seed);
+  if (prior.kind !== "mixture") return z;
+  const u = uniforms(count / d, args.seed + 2);
+  for (let i = 0; i < count / d; i++) {
+    const k = Math.min(Math.floor(u[i] * prior.means.length), prior.means.length - 1);
+    for (let j = 0; j < d; j++) z[i * d + j] = prior.means[k][j] + prior.stds[k][j] * z[i * d + j];
+  }
+  return z;
+}
+
 const feeds = {};
 for (const input of graph.inputs) {
   const dims = input.shape.map((d) => (typeof d === "string" ? n : d));
@@ -69,8 +85,10 @@ for (const input of graph.inputs) {
     data = g.data;
   } else if (input.name === "eps" && args.mean) {
     data = new Float32Array(count);
+  } else if (input.name === "z") {
+    data = drawZ(count, dims[1]);
   } else {
-    data = normals(count, args.seed + (input.name === "z" ? 0 : 1));
+    data = normals(count, args.seed + 1);
   }
   feeds[input.name] = new ort.Tensor("float32", data, dims);
 }
@@ -83,5 +101,5 @@ if (args.out) {
   console.log(`wrote ${n} samples of shape [${x.dims.slice(1)}] to ${args.out}`);
 } else {
   const rows = Array.from({ length: Math.min(n, 4) }, (_, i) => Array.from(x.data.slice(i * (x.data.length / n), (i + 1) * (x.data.length / n))).slice(0, 8));
-  console.log(JSON.stringify({ shape: x.dims, latent_dim: manifest.latent_dim, divergence: manifest.divergence, first_rows: rows }));
+  console.log(JSON.stringify({ shape: x.dims, latent_dim: manifest.latent_dim, prior: prior.kind, divergence: manifest.divergence, first_rows: rows }));
 }

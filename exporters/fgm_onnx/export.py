@@ -57,12 +57,6 @@ BATCH, K = "batch", "k"
 
 
 # --------------------------------------------------------------------------- export-friendly math
-def _normal_logp(v: Tensor, dims: int) -> Tensor:
-    """Standard normal log density summed over the last ``dims`` dimensions."""
-    out = -0.5 * (LOG_2PI + v * v)
-    return out.flatten(out.dim() - dims).sum(-1) if dims > 1 else out.sum(-1)
-
-
 def _gauss_logp(x: Tensor, mean: Tensor, log_std: Tensor, dims: int) -> Tensor:
     """Diagonal Gaussian log density summed over the last ``dims`` dimensions (as FGMModel)."""
     r = (x - mean) * torch.exp(-log_std)
@@ -99,7 +93,8 @@ class _Base(nn.Module):
         log_sigma = m.log_sigma
         log_px = _gauss_logp(xm.unsqueeze(0), mean, log_sigma, self.ndim)
         log_q = _gauss_logp(z, mu.unsqueeze(0), 0.5 * logvar.unsqueeze(0), 1)
-        log_w = _normal_logp(z, 1) + log_px - log_q
+        log_pz = m.prior.log_prob(zf).reshape(eps.shape[0], -1)  # the model's own p(z), (K, B)
+        log_w = log_pz + log_px - log_q
         xf = xm.unsqueeze(0).expand(eps.shape[0], *xm.shape).reshape(-1, *m.data_shape)
         return z, log_w, zf, xf
 
@@ -353,13 +348,15 @@ def export_copies(run: Any) -> tuple[FGMModel, FGMModel]:
 
 # --------------------------------------------------------------------------- inputs for parity
 def _inputs(spec: GraphSpec, batch: int, k: int, model: FGMModel, sc: Any, g: torch.Generator) -> dict[str, Tensor]:
-    """Realistic inputs: x drawn from the model itself (data units), z and eps standard normal."""
+    """Realistic inputs: x drawn from the model itself (data units, z from its prior), z and eps
+    standard normal."""
     d = model.latent_dim
     feeds: dict[str, Tensor] = {}
     for name, shape in spec.inputs:
         if name == "x":
             with torch.no_grad():
-                z = torch.randn(batch, d, generator=g)
+                u = torch.rand(batch, generator=g) if model.prior.needs_uniform else None
+                z = model.prior.sample(torch.randn(batch, d, generator=g), u)
                 eps = torch.randn(batch, *model.data_shape, generator=g)
                 feeds[name] = sc.to_data(model.generate(z, eps)).float()
         else:
@@ -691,7 +688,7 @@ SCALING_DOC = {
 }
 
 _IO_DOCS = {
-    ("generator", "z"): "latent rows drawn from the prior p(z) = N(0, I)",
+    ("generator", "z"): "latent rows drawn from the prior p(z), the manifest's prior (normal: N(0, I))",
     ("generator", "eps"): "standard normal noise, one per data value: x = to_data(mean(z) + sigma * eps); "
     "zeros give the generator mean",
     ("generator", "x"): "samples in data units (not clipped; see sampling.clip)",
@@ -738,7 +735,7 @@ def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
     gaussian = model.generator == "gaussian"
     image = info.kind == "image"
     return {
-        "prior": {"z": f"standard normal N(0, I), shape (N, {d}), float32"},
+        "prior": prior_contract(model),
         "eps": (
             {
                 "distribution": "standard normal, independent per value",
@@ -757,6 +754,12 @@ def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
         "sample_rule": (
             f"rows are drawn in blocks of block_rows = {SAMPLE_BLOCK}: for each block of b rows, in "
             f"order, z = rng.standard_normal((b, {d})) then "
+            + (
+                f"k = rng.integers({model.prior.describe().get('components')}, size=b) and "
+                "z = means[k] + stds[k] * z (the manifest's prior), then "
+                if model.prior.needs_uniform
+                else ""
+            )
             + (
                 f"eps = rng.standard_normal((b, {', '.join(map(str, shape))}))"
                 if gaussian
@@ -781,6 +784,23 @@ def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def prior_contract(model: FGMModel) -> dict[str, Any]:
+    """How z is drawn: the prior's own description (``kind`` and parameters, also the manifest's
+    top-level ``prior``) and the rule in words."""
+    d = int(model.latent_dim)
+    desc = model.prior.describe()
+    if desc.get("kind") == "mixture":
+        rule = (
+            f"z = means[k] + stds[k] * e, e standard normal (N, {d}), k uniform on the "
+            f"{desc['components']} components (equal weights), float32"
+        )
+    elif desc.get("kind") == "normal":
+        rule = f"standard normal N(0, I), shape (N, {d}), float32"
+    else:
+        rule = f"the prior {desc.get('kind')!r}: see its plugin; this runtime cannot draw from it"
+    return {"z": rule, **desc}
 
 
 def _data_range(info: Any) -> tuple[float, float]:
@@ -923,6 +943,7 @@ def export_run(
         "divergence": divergence_entry(run, model),
         "critic": model.critic_form,
         "generator": model.generator,
+        "prior": model.prior.describe(),
         "sampling": sampling_contract(model, info, clip),
         "opset": opset,
         "torch_exporter": exporter,

@@ -75,6 +75,45 @@ class ExportInfo:
         return {"shift": self.shift, "scale": self.scale}
 
 
+@dataclass(frozen=True)
+class LatentPrior:
+    """The export's p(z) from the manifest's ``prior`` (an older export without it: N(0, I)):
+    ``normal``, or ``mixture`` with ``means`` and ``stds`` (K, latent_dim) and equal weights."""
+
+    kind: str
+    means: np.ndarray | None = None
+    stds: np.ndarray | None = None
+
+    @classmethod
+    def from_manifest(cls, entry: Any, latent_dim: int) -> LatentPrior:
+        if entry is None:
+            return cls("normal")
+        kind = str(entry["kind"])
+        if kind != "mixture":
+            return cls(kind)
+        means = np.asarray(entry["means"], dtype=np.float32)
+        stds = np.asarray(entry["stds"], dtype=np.float32)
+        if means.ndim != 2 or means.shape[1] != latent_dim or stds.shape != means.shape or means.shape[0] < 1:
+            raise ValueError(f"prior means/stds of shapes {means.shape}/{stds.shape}, latent_dim {latent_dim}")
+        if not (np.isfinite(means).all() and np.isfinite(stds).all() and (stds > 0).all()):
+            raise ValueError("prior means/stds must be finite, stds positive")
+        return cls(kind, means, stds)
+
+    def draw(self, rng: np.random.Generator, b: int, d: int) -> np.ndarray:
+        """b rows of z: e = rng.standard_normal((b, d)), then for a mixture k =
+        rng.integers(K, size=b) and z = means[k] + stds[k] * e (the manifest's sample_rule)."""
+        if self.kind not in ("normal", "mixture"):
+            raise FGMRuntimeError(
+                f"this export's latent prior {self.kind!r} is not one this runtime can draw from",
+                "pass z (N, latent_dim) drawn from that prior",
+            )
+        e = rng.standard_normal((b, d), dtype=np.float32)
+        if self.means is None or self.stds is None:
+            return e
+        k = rng.integers(self.means.shape[0], size=b)
+        return self.means[k] + self.stds[k] * e
+
+
 @dataclass
 class _Graph:
     role: str
@@ -187,6 +226,7 @@ class OnnxRuntimeModel:
                 data.get("label_names"),
                 data.get("mixture"),
             )
+            self.prior = LatentPrior.from_manifest(m.get("prior"), self.latent_dim)
             self.critic_form = str(m["critic"])
             self.generator = str(m["generator"])
             self.divergence = m.get("divergence")
@@ -559,9 +599,10 @@ class OnnxRuntimeModel:
     ) -> np.ndarray:
         """``n`` samples in data units, (n, *data_shape) float32.
 
-        Noise: ``z`` (n, d) and ``eps`` (n, *data_shape) if given, else standard normal
-        draws from ``numpy.random.default_rng(seed)``: per block of ``sampling.block_rows``
-        rows (4096), z then eps (the manifest's ``sampling.sample_rule``). ``noise=False``
+        Noise: ``z`` (n, d) and ``eps`` (n, *data_shape) if given, else drawn from
+        ``numpy.random.default_rng(seed)``: per block of ``sampling.block_rows`` rows (4096),
+        z from the manifest's ``prior`` (standard normal, or a mixture: normals, then the
+        components) then eps standard normal (the manifest's ``sampling.sample_rule``). ``noise=False``
         gives the generator means (eps = 0). ``batch``: rows per graph call (default: the
         manifest's recommendation). ``clip``: clip image samples to the data range (default:
         the runtime's ``clip``); noise given or drawn is never affected.
@@ -584,7 +625,7 @@ class OnnxRuntimeModel:
         out = []
         for i in range(0, n, self.sample_block):
             b = min(self.sample_block, n - i)
-            zb = z[i : i + b] if z is not None else rng.standard_normal((b, d), dtype=np.float32)
+            zb = z[i : i + b] if z is not None else self.prior.draw(rng, b, d)
             feeds = {"z": zb}
             if gaussian:
                 if eps is not None:
@@ -698,4 +739,4 @@ def open_export(export_dir: str | os.PathLike, device: str = "auto", **kw: Any) 
     return OnnxRuntimeModel(export_dir, device=device, **kw)
 
 
-__all__ = ["ExportInfo", "FGMRuntimeError", "OnnxRuntimeModel", "RuntimeInputError", "open_export"]
+__all__ = ["ExportInfo", "FGMRuntimeError", "LatentPrior", "OnnxRuntimeModel", "RuntimeInputError", "open_export"]
