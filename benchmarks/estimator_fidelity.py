@@ -89,6 +89,22 @@ def one(config: dict[str, Any], out_dir: Path, name: str, threads: int) -> dict[
     return res
 
 
+#: issue goals for the default runs on the mixtures: every seed covers every mode at this high-quality share.
+MIXTURE_TARGETS = {"ring8": {"hq": 0.95, "seconds": 180}, "grid25": {"hq": 0.95, "seconds": 600}}
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of every number (``*_se``: its standard error), and the seeds' rows."""
+    out: dict[str, Any] = {"per_seed": per_seed, "seeds": len(per_seed)}
+    for key, v in per_seed[0].items():
+        vals = [r[key] for r in per_seed if isinstance(r.get(key), (int, float))]
+        if isinstance(v, (int, float)) and len(vals) == len(per_seed):
+            t = torch.tensor(vals, dtype=torch.float64)
+            out[key] = float(t.mean())
+            out[f"{key}_se"] = float(t.std() / len(vals) ** 0.5) if len(vals) > 1 else 0.0
+    return out
+
+
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     from fgm_core.config import deep_merge
 
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--short-steps", type=int, default=300, help="steps of each per-divergence run")
     ap.add_argument("--default-only", action="store_true", help="skip the default runs (with --divergences)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="default runs on seeds SEED..SEED+N-1, with mean, s.e. and the mixture targets")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="300-step smoke run of everything asked for")
     ap.add_argument("--json", type=Path, default=None)
@@ -138,12 +156,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.default_only:
             for s in sets:
                 base = grid_cfg if s == "grid25" else {}
-                cfg = merge(merge(base, SETS[s]), {"run": {"seed": args.seed}})
-                if args.quick or args.default_steps:
-                    cfg = merge(cfg, {"run": {"steps": 300 if args.quick else args.default_steps}})
-                r = one(cfg, Path(tmp), f"default-{s}", args.threads)
-                results["default"][s] = r
-                print(line(f"default {s}", r), flush=True)
+                per_seed = []
+                for seed in range(args.seed, args.seed + args.seeds):
+                    cfg = merge(merge(base, SETS[s]), {"run": {"seed": seed}})
+                    if args.quick or args.default_steps:
+                        cfg = merge(cfg, {"run": {"steps": 300 if args.quick else args.default_steps}})
+                    r = one(cfg, Path(tmp), f"default-{s}-s{seed}", args.threads)
+                    per_seed.append(r)
+                    print(line(f"default {s} s{seed}", r), flush=True)
+                results["default"][s] = per_seed[0] if args.seeds == 1 else aggregate(per_seed)
+                if args.seeds > 1:
+                    print(line(f"default {s} mean", results["default"][s]), flush=True)
         if args.divergences:
             steps = 300 if args.quick else args.short_steps
             for s in sets:
@@ -164,6 +187,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         met = {k: (r.get(k) is not None and (r[k] >= v if k == "spearman" else r[k] <= v)) for k, v in GOALS.items()}
         print(f"default {s}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'} (goal {'>=' if k == 'spearman' else '<='} "
                                             f"{GOALS[k]})" for k, ok in met.items()))
+        if s in MIXTURE_TARGETS and r.get("modes") is not None:
+            t = MIXTURE_TARGETS[s]
+            seeds = r.get("per_seed", [r])
+            ok = all(x["modes"] == x["modes_total"] and x["high_quality"] >= t["hq"] for x in seeds)
+            print(f"default {s}: mixture target ({len(seeds)} seeds, each with every mode and >= {100 * t['hq']:.0f}% "
+                  f"high quality, at most {t['seconds']} s per seed on an idle 2-core machine): quality "
+                  f"{'met' if ok else 'MISSED'}, worst seed {min(x['modes'] for x in seeds)} modes and "
+                  f"{100 * min(x['high_quality'] for x in seeds):.1f}%; slowest seed "
+                  f"{max(x['train_seconds'] for x in seeds):.0f} s at load {results['load_average']:.1f}")
     if args.json:  # merged into an existing file: sets can run in separate processes
         args.json.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(args.json.read_text()) if args.json.exists() else {}

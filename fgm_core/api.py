@@ -10,6 +10,7 @@ from typing import Any
 
 from fgm_core.config import (
     IMAGE_DEFAULTS,
+    VECTOR_DEFAULTS,
     DataConfig,
     FGMConfig,
     deep_merge,
@@ -48,7 +49,8 @@ def resolve_config(
     data = config.to_dict() if isinstance(config, FGMConfig) else config_path or config
     layers = merge_layers(data, overrides, preset_dicts)  # type: ignore[arg-type]  # a str config became config_path
     conv = IMAGE_DEFAULTS["model"]["architecture"] in plugins.components.get("architectures", {})
-    defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv)
+    mixture = VECTOR_DEFAULTS["model"]["prior"] in plugins.components.get("priors", {})
+    defaults = kind_defaults(*_peek_data(layers, plugins), layers, conv_available=conv, mixture_available=mixture)
     cfg = validate(deep_merge(defaults, layers), str(config_path) if config_path else "config")
     if ":" in cfg.divergence.name:  # a divergence spec such as alpha:0.5 (fgm_core.divspec)
         name, params = resolve(cfg.divergence.name, cfg.divergence.params, plugins)

@@ -343,6 +343,11 @@ IMAGE_DEFAULTS: dict[str, Any] = {
     "optim": {"batch_size": 64, "lr": 1e-3},
     "run": {"steps": 4000, "checkpoint_every": 500},
 }
+#: What ``fgm train`` uses for vector data when the ``mixture`` prior is loaded: a learnable
+#: mixture of 8 Gaussians in z. A generator fed by one Gaussian must put mass between
+#: disconnected modes; on ring8 (seed 0, 8,000 steps) the mixture took the high-quality share
+#: from 69.7% to 96% and the likelihood gap from 1.70 to 0.04 nats (benchmarks/README.md).
+VECTOR_DEFAULTS: dict[str, Any] = {"model": {"prior": "mixture"}}
 #: The same for images the conv nets cannot take (sides other than 28, 32 or 64 pixels): MLPs.
 IMAGE_MLP_DEFAULTS: dict[str, Any] = {
     **IMAGE_DEFAULTS,
@@ -351,14 +356,19 @@ IMAGE_MLP_DEFAULTS: dict[str, Any] = {
 
 
 def kind_defaults(
-    kind: str | None, shape: tuple[int, ...] | None, layers: dict[str, Any], conv_available: bool = True
+    kind: str | None,
+    shape: tuple[int, ...] | None,
+    layers: dict[str, Any],
+    conv_available: bool = True,
+    mixture_available: bool = False,
 ) -> dict[str, Any]:
     """The defaults layer for data of ``kind`` and item ``shape`` (None: unknown), given what the
-    other ``layers`` set: ``{}`` for vectors. MLPs when the conv architecture is not loaded
-    (``conv_available``) or cannot take the shape. The defaults' architecture and its options
-    go together: when the layers set ``model.architecture`` or ``model.options``, neither applies."""
+    other ``layers`` set. Vectors: the mixture prior when it is loaded (``mixture_available``),
+    else nothing. Images: MLPs when the conv architecture is not loaded (``conv_available``) or
+    cannot take the shape. The defaults' architecture and its options go together: when the
+    layers set ``model.architecture`` or ``model.options``, neither applies."""
     if kind != "image":
-        return {}
+        return json.loads(json.dumps(VECTOR_DEFAULTS)) if mixture_available else {}
     conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2] and shape[1] in (28, 32, 64)))
     out = json.loads(json.dumps(IMAGE_DEFAULTS if conv else IMAGE_MLP_DEFAULTS))
     model = layers.get("model")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fgm_core as fgm
+from fgm_core.api import resolve_config
 from fgm_core.build import DataInfo
 from fgm_core.components import Networks, Scaling
 from fgm_core.config import build_config
@@ -210,8 +211,18 @@ def test_the_default_prior_draws_nothing_extra(plugins, tmp_path):
         assert not list(trainer.model.prior.parameters()) if prior == "normal" else True
 
 
-def test_explicit_normal_prior_is_the_default_run_bit_for_bit(plugins, tmp_path):
-    a = fgm.train(tiny(tmp_path, "unset"), plugins=plugins, progress=False)
+def test_vector_data_defaults_to_the_mixture_prior_when_it_is_loaded(plugins, tmp_path):
+    cfg, _ = resolve_config(tiny(tmp_path, "unset"), plugins=plugins)
+    assert cfg.model.prior == "mixture"
+    without = PluginSet(only=[p for p in PLUGINS if p != "priors"], strict=True)
+    assert resolve_config(tiny(tmp_path, "unset"), plugins=without)[0].model.prior == "normal"
+    explicit = tiny(tmp_path, "normal", prior="normal")
+    assert resolve_config(explicit, plugins=plugins)[0].model.prior == "normal"
+
+
+def test_explicit_normal_prior_is_the_run_without_the_priors_plugin_bit_for_bit(plugins, tmp_path):
+    without = PluginSet(only=[p for p in PLUGINS if p != "priors"], strict=True)
+    a = fgm.train(tiny(tmp_path, "unset"), plugins=without, progress=False)
     b = fgm.train(tiny(tmp_path, "normal", prior="normal"), plugins=plugins, progress=False)
     wa, wb = load_file(str(a.path / "model.safetensors")), load_file(str(b.path / "model.safetensors"))
     assert set(wa) == set(wb) and not any(k.startswith("prior.") for k in wa)
@@ -270,7 +281,7 @@ def test_changing_the_prior_on_resume_is_refused(mixture_run, capsys, tmp_path):
         (["model.prior=nope"], "fgm: error: unknown prior 'nope' (available: mixture, normal"),
         (["model.prior=mixture", "model.prior_options.components=-2"], "option 'components' must be 1 to 4096"),
         (["model.prior=mixture", "model.prior_options.scale=2"], "mixture prior has no option 'scale'"),
-        (["model.prior_options.components=3"], "prior 'normal' takes no options"),
+        (["model.prior=normal", "model.prior_options.components=3"], "prior 'normal' takes no options"),
         (["model.prior=mixture", "model.prior_options.std=nan"], "must be a finite number"),
     ],
 )

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 MIXTURE_OPTIONS: dict[str, Any] = {
     "components": 8,
     "radius": 2.0,
-    "std": 0.5,
+    "std": 0.3,
     "learn": True,
     "min_std": 1e-3,
     "seed": 0,
@@ -100,7 +100,7 @@ class MixturePrior(Prior):
         latent_dim: int,
         components: int = 8,
         radius: float = 2.0,
-        std: float = 0.5,
+        std: float = 0.3,
         learn: bool = True,
         min_std: float = 1e-3,
         seed: int = 0,
@@ -153,7 +153,7 @@ def register_priors(register):
         "mixture",
         make_mixture,
         "K equal-weight diagonal Gaussians, learnable means and scales; "
-        "options components=8, radius=2.0, std=0.5, learn=true, min_std=0.001, seed=0",
+        "options components=8, radius=2.0, std=0.3, learn=true, min_std=0.001, seed=0",
     )
 
 
