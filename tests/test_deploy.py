@@ -131,6 +131,13 @@ def test_a_client_following_the_manifest_reproduces_the_runtime(ring):
     gen = ort.InferenceSession(str(out / "generator.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     z = rng.standard_normal((10, d), dtype=np.float32)
+    prior = m["prior"]
+    if prior["kind"] == "mixture":  # the default for vector data: "k = rng.integers(K) ... z = means[k] + stds[k] * z"
+        assert f"k = rng.integers({prior['components']}, size=b)" in s["sample_rule"]
+        k = rng.integers(prior["components"], size=10)
+        z = np.asarray(prior["means"], np.float32)[k] + np.asarray(prior["stds"], np.float32)[k] * z  # float32 all along
+    else:
+        assert prior["kind"] == "normal"
     eps = rng.standard_normal((10, *shape), dtype=np.float32)
     np.testing.assert_array_equal(gen.run(None, {"z": z, "eps": eps})[0], rt.sample(10, seed=7))
     lik = ort.InferenceSession(str(out / "likelihood.onnx"), providers=["CPUExecutionProvider"])

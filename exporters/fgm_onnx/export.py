@@ -756,7 +756,7 @@ def sampling_contract(model: FGMModel, info: Any, clip: bool) -> dict[str, Any]:
             f"order, z = rng.standard_normal((b, {d})) then "
             + (
                 f"k = rng.integers({model.prior.describe().get('components')}, size=b) and "
-                "z = means[k] + stds[k] * z (the manifest's prior), then "
+                "z = means[k] + stds[k] * z in float32 (the manifest's prior), then "
                 if model.prior.needs_uniform
                 else ""
             )
