@@ -163,6 +163,7 @@ class Trainer:
         self.last_checkpoint: int | None = None
         self._created = False  # this call created (or took over) the run directory
         self._lock: RunLock | None = None
+        self._stalled = 0  # consecutive checked generator steps with an all-zero gradient
 
     # ------------------------------------------------------------------ the training step
     def train_step(self) -> dict[str, Tensor]:
@@ -198,9 +199,20 @@ class Trainer:
         loss.backward()
         if self.world > 1 and not dist.average_gradients(params, loss):  # what DDP does, plus a shared NaN check
             raise NonFiniteLoss(who, self.step)
+        if who == "generator" and (self.step < STALL_WATCH or self.step % self.cfg.run.log_every == 0):
+            self._watch_stall(params)
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         opt.step()
+
+    def _watch_stall(self, params: list[Tensor]) -> None:
+        """A generator whose gradient is exactly zero never moves (saturated T(s): exp under- or
+        overflow where |s| is thousands of nats): stop with :class:`Stalled` rather than train nothing."""
+        grads = [p.grad for p in params if p.grad is not None]
+        zero = not grads or not bool(torch.stack([g.detach().abs().max() for g in grads]).max() > 0)
+        self._stalled = self._stalled + 1 if zero else 0
+        if self._stalled >= STALL_STEPS:
+            raise Stalled(self.step, self.cfg.divergence.name)
 
     # ------------------------------------------------------------------ data and noise
     def train_rows(self) -> int:
@@ -323,7 +335,7 @@ class Trainer:
         """:meth:`train_step`, turning an exception raised inside a plugin into a :class:`PluginError`."""
         try:
             return self.train_step()
-        except (FGMError, NonFiniteLoss):
+        except (FGMError, NonFiniteLoss, Stalled):
             raise
         except PLUGIN_FAILURES as e:  # raised in a plugin's network or divergence: name it, keep the checkpoint
             who = self._blame(e)
@@ -395,6 +407,14 @@ class Trainer:
             return FGMError(
                 f"non-finite {e.who} loss at step {e.step + 1}; {self._kept()}",
                 "lower optim.lr, add critic.gradient_penalty or critic.spectral_norm, or lower divergence.max_exp",
+            )
+        if isinstance(e, Stalled):
+            return FGMError(
+                f"the generator got an exactly zero gradient on {STALL_STEPS} checked steps in a row (up to step "
+                f"{e.step + 1}): divergence {e.divergence!r} saturates, its T(s) and f*(T(s)) are flat where the "
+                f"log ratio s is far from 0 (thousands of nats on images at the start); {self._kept()}",
+                "use a divergence with linear tails (kl, js, reverse_kl), or start the model closer to the data "
+                "(a larger model.sigma)",
             )
         if isinstance(e, OSError) and (self._created or self.resume):  # disk full, permissions: name the file
             return FGMError(
@@ -679,6 +699,20 @@ class NonFiniteLoss(Exception):
     def __init__(self, who: str, step: int) -> None:
         super().__init__(f"non-finite {who} loss at step {step}")
         self.who, self.step = who, step
+
+
+#: the generator's gradient is checked on every one of the first STALL_WATCH steps, then on log
+#: steps; STALL_STEPS checked steps in a row with an all-zero gradient stop the run.
+STALL_WATCH = 1000
+STALL_STEPS = 50
+
+
+class Stalled(Exception):
+    """The generator received an exactly zero gradient on STALL_STEPS checked steps in a row."""
+
+    def __init__(self, step: int, divergence: str) -> None:
+        super().__init__(f"zero generator gradient up to step {step}")
+        self.step, self.divergence = step, divergence
 
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))

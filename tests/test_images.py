@@ -200,6 +200,27 @@ def test_image_defaults_learn_images(capsys, tmp_path):
     assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
 
 
+@pytest.mark.parametrize("divergence", ["hellinger", "alpha:2"])
+def test_a_saturated_divergence_stops_with_one_line_instead_of_training_nothing(capsys, tmp_path, divergence):
+    """On 784-pixel images the log ratio s starts near 10^4 nats: hellinger's T(s) = 1 - e^(-s/2)
+    and alpha = 2's e^s - 1 (clamped) are flat there, so the generator's gradient is exactly 0
+    and the run would end as the untrained model. It must stop with one error line instead."""
+    idx = write_idx(tmp_path / "idx", 200, 50)
+    code, _, err = cli(capsys, "train", "-q", "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}',
+                       "--divergence", divergence, "--steps", 300, "--out", tmp_path / "runs", "--set",
+                       "run.threads=1", "--set", "run.tensorboard=false")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "exactly zero gradient on 50 checked steps in a row (up to step 50)" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
+    if divergence != "hellinger":
+        return
+    # a divergence with linear tails trains on the same data
+    code, _, err = cli(capsys, "train", "-q", "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}',
+                       "--divergence", "js", "--steps", 60, "--out", tmp_path / "runs", "--set",
+                       "run.threads=1", "--set", "run.tensorboard=false")
+    assert code == 0, err
+
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
