@@ -212,7 +212,9 @@ class Trainer:
         zero = not grads or not bool(torch.stack([g.detach().abs().max() for g in grads]).max() > 0)
         self._stalled = self._stalled + 1 if zero else 0
         if self._stalled >= STALL_STEPS:
-            raise Stalled(self.step, self.cfg.divergence.name)
+            d = self.cfg.divergence
+            params = ", ".join(f"{k}={v}" for k, v in d.params.items())
+            raise Stalled(self.step, f"{d.name} ({params})" if params else d.name)
 
     # ------------------------------------------------------------------ data and noise
     def train_rows(self) -> int:
@@ -411,7 +413,7 @@ class Trainer:
         if isinstance(e, Stalled):
             return FGMError(
                 f"the generator got an exactly zero gradient on {STALL_STEPS} checked steps in a row (up to step "
-                f"{e.step + 1}): divergence {e.divergence!r} saturates, its T(s) and f*(T(s)) are flat where the "
+                f"{e.step + 1}): divergence {e.divergence} saturates, its T(s) and f*(T(s)) are flat where the "
                 f"log ratio s is far from 0 (thousands of nats on images at the start); {self._kept()}",
                 "use a divergence with linear tails (kl, js, reverse_kl), or start the model closer to the data "
                 "(a larger model.sigma)",
