@@ -60,6 +60,9 @@ SAMPLE_RATIO = 0.2
 #: homogeneity of the above-threshold share across modes must reject at this normal quantile
 #: (3.09: one-sided p = 0.001); a gap unrelated to the modes (noise) does not pass it.
 HOMOGENEITY_Z = 3.09
+#: in the relative reading (see :func:`gap_reference`), a mode's excess gap must exceed this many
+#: robust standard deviations of the modes' median gaps.
+RELATIVE_Z = 5.0
 #: labelled data without a mixture: a sample takes the majority label of this many nearest held-out points.
 NEIGHBOURS = 5
 
@@ -304,6 +307,28 @@ def gap_is_informative(counts: list[tuple[int, int]], z: float = HOMOGENEITY_Z) 
     return x2 > crit
 
 
+def gap_reference(per_point_gap: Tensor, test_modes: Tensor, k: int, threshold: float) -> tuple[float, float]:
+    """(offset, threshold) for reading the gap.
+
+    When some mode's median gap is within ``threshold`` of 0, the estimator and the likelihood
+    agree where the model covers the data: the gap is read as it is (offset 0). Otherwise every
+    mode is off by a common offset that says nothing about coverage (in high dimension both
+    log-densities are off by hundreds of nats): the gap is read relative to the median mode,
+    offset = the median of the modes' median gaps, and the threshold grows to ``RELATIVE_Z``
+    robust standard deviations (1.4826 MAD) of those medians. That reading assumes that fewer
+    than half the modes are missing.
+    """
+    med = [per_point_gap[test_modes == m].median() for m in range(k) if bool((test_modes == m).any())]
+    if not med:
+        return 0.0, threshold
+    medians = torch.stack(med).double()
+    if bool((medians.abs() <= threshold).any()):
+        return 0.0, threshold
+    center = float(medians.median())
+    spread = 1.4826 * float((medians - center).abs().median())
+    return center, max(threshold, RELATIVE_Z * spread)
+
+
 def mode_collapse(
     per_point_gap: Tensor | None,
     test_modes: Tensor,
@@ -324,6 +349,8 @@ def mode_collapse(
     ``threshold``), ``data_share``, ``sample_share`` and ``sample_ratio`` = sample_share /
     data_share, and a ``verdict``:
 
+    0. The reference (:func:`gap_reference`): the gap as it is when the estimator and the
+       likelihood agree on some mode, else relative to the median mode with a wider threshold.
     1. The gap's reading: *missing* when gap_share >= ``gap_share`` (0.5) and the gap is
        informative (:func:`gap_is_informative`: its large values cluster by mode; a gap
        unrelated to the modes, such as noise, is not); *covered* when gap_share <=
@@ -337,6 +364,9 @@ def mode_collapse(
     k = len(names)
     n_test = max(int(test_modes.numel()), 1)
     n_samp = max(int(sample_modes.numel()), 1)
+    offset, base_threshold = 0.0, threshold
+    if per_point_gap is not None:
+        offset, threshold = gap_reference(per_point_gap, test_modes, k, threshold)
     rows = []
     counts = []
     for m in range(k):
@@ -357,7 +387,8 @@ def mode_collapse(
         if per_point_gap is not None:
             g = per_point_gap[sel]
             row["mean_gap"] = float(g.mean())
-            above = int((g > threshold).sum())
+            row["median_gap"] = float(g.median())
+            above = int((g - offset > threshold).sum())
             row["gap_share"] = above / cnt
             counts.append((cnt, above))
         if log_likelihood is not None:
@@ -397,6 +428,8 @@ def mode_collapse(
         "unassigned_sample_share": float((sample_modes < 0).sum()) / n_samp,
         "rule": {
             "gap_threshold_nats": threshold,
+            "gap_offset_nats": offset,
+            "relative": offset != 0.0 or threshold != base_threshold,
             "gap_share": gap_share,
             "covered_share": covered_share,
             "sample_ratio": sample_ratio if use_samples else None,
