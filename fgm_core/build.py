@@ -229,6 +229,15 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
     if cfg.critic.spectral_norm:
         apply_spectral_norm(nets.critic)
     prior = make_prior(cfg, plugins)  # after the networks: their seeded initialisation is unchanged
+    warmup = None
+    if cfg.divergence.warmup_steps:
+        if cfg.critic.form != "density":
+            raise FGMError(
+                f"divergence.warmup_steps needs the density critic (critic.form is {cfg.critic.form!r}): "
+                "a free critic's output means something else under kl",
+                'set divergence.warmup_steps = 0, or critic.form = "density"',
+            )
+        warmup = plugins.get("divergences", "kl").factory(max_exp=cfg.divergence.max_exp)
     m = cfg.model
     return FGMModel(
         nets,
@@ -245,6 +254,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         gradient_penalty=cfg.critic.gradient_penalty,
         density_estimator=cfg.critic.n_critic > 0,
         prior=prior,
+        warmup_divergence=warmup,
     )
 
 

@@ -117,6 +117,10 @@ class DivergenceConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     #: bound on the argument of every exponential (float32 overflows near 88).
     max_exp: float = Field(40.0, gt=0.0, le=80.0)
+    #: the first ``warmup_steps`` steps train with ``kl`` (density critic: the VAE update), then
+    #: this divergence takes over: kl covers every mode and brings the log ratio s near 0, where
+    #: divergences with exponential tails have a gradient.
+    warmup_steps: int = Field(0, ge=0)
 
 
 class CriticConfig(_Section):

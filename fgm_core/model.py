@@ -67,8 +67,12 @@ class FGMModel(nn.Module):
         gradient_penalty: float = 0.0,
         density_estimator: bool = True,
         prior: Prior | None = None,
+        warmup_divergence: Divergence | None = None,
     ) -> None:
         super().__init__()
+        #: the run's divergence; ``divergence`` is the one in use (kl during a warm-up)
+        self.main_divergence = divergence
+        self.warmup_divergence = warmup_divergence
         self.encoder = networks.encoder
         self.decoder = networks.decoder
         self.critic = networks.critic
@@ -92,6 +96,10 @@ class FGMModel(nn.Module):
             self.rho = nn.Parameter(rho)
         else:
             self.register_buffer("rho", rho)
+
+    def use_warmup(self, on: bool) -> None:
+        """Train with the warm-up divergence (kl) instead of the run's own, or back."""
+        self.divergence = self.warmup_divergence if on and self.warmup_divergence is not None else self.main_divergence
 
     # ------------------------------------------------------------------ the probabilistic model
     @property

@@ -169,6 +169,7 @@ class Trainer:
     def train_step(self) -> dict[str, Tensor]:
         """One generator step after ``n_critic`` critic steps (the whole f-GM update)."""
         model, cfg = self.model, self.cfg
+        model.use_warmup(self.step < cfg.divergence.warmup_steps)
         for _ in range(cfg.critic.n_critic):
             with self._autocast():
                 c = model.critic_loss(self.next_batch(), self.noise())
@@ -388,6 +389,7 @@ class Trainer:
 
     def _close_run(self) -> Path:
         """The last checkpoint, then :class:`Interrupted` after a stop request, or the final files."""
+        self.model.use_warmup(False)  # the trained model is the run's divergence's, whatever the step
         if self.step != self.last_checkpoint:
             self.save_checkpoint()
         if self._stop:
