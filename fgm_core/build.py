@@ -238,6 +238,19 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
                 'set divergence.warmup_steps = 0, or critic.form = "density"',
             )
         warmup = plugins.get("divergences", "kl").factory(max_exp=cfg.divergence.max_exp)
+    critic_div = None
+    if cfg.critic.divergence:
+        if cfg.critic.form != "density":
+            raise FGMError(
+                f"critic.divergence needs the density critic (critic.form is {cfg.critic.form!r})",
+                'remove critic.divergence, or set critic.form = "density"',
+            )
+        critic_div = plugins.get("divergences", cfg.critic.divergence).factory(max_exp=cfg.divergence.max_exp)
+        if not critic_div.supports_density:
+            raise FGMError(
+                f"critic.divergence {cfg.critic.divergence!r} gives no gradient with the density critic",
+                "use js, kl or another divergence with a density form",
+            )
     m = cfg.model
     return FGMModel(
         nets,
@@ -255,6 +268,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         density_estimator=cfg.critic.n_critic > 0,
         prior=prior,
         warmup_divergence=warmup,
+        critic_divergence=critic_div,
     )
 
 

@@ -133,6 +133,10 @@ class CriticConfig(_Section):
     generator_loss: Literal["auto", "saddle", "non_saturating"] = "auto"
     gradient_penalty: float = Field(0.0, ge=0.0)
     spectral_norm: bool = False
+    #: density critic: the divergence whose variational bound trains the density estimator
+    #: (None: the run's). Its optimum is l = log p_D for every f, so the model's divergence
+    #: (say kl) and a well-conditioned estimator (js) can be chosen apart.
+    divergence: str | None = None
 
 
 class OptimConfig(_Section):
@@ -348,10 +352,15 @@ IMAGE_DEFAULTS: dict[str, Any] = {
     "run": {"steps": 4000, "checkpoint_every": 500},
 }
 #: What ``fgm train`` uses for vector data when the ``mixture`` prior is loaded: a learnable
-#: mixture of 8 Gaussians in z. A generator fed by one Gaussian must put mass between
-#: disconnected modes; on ring8 (seed 0, 8,000 steps) the mixture took the high-quality share
-#: from 69.7% to 96% and the likelihood gap from 1.70 to 0.04 nats (benchmarks/README.md).
-VECTOR_DEFAULTS: dict[str, Any] = {"model": {"prior": "mixture"}}
+#: mixture of 8 Gaussians in z (a generator fed by one Gaussian must put mass between
+#: disconnected modes), the kl update for the model (mode covering: every mode on every seed
+#: measured) and js's bound for the density estimator (same optimum l = log p_D, better
+#: conditioned than kl's). Measurements in benchmarks/README.md ("Density-estimator fidelity").
+VECTOR_DEFAULTS: dict[str, Any] = {
+    "model": {"prior": "mixture"},
+    "divergence": {"name": "kl"},
+    "critic": {"divergence": "js"},
+}
 #: The same for images the conv nets cannot take (sides other than 28, 32 or 64 pixels): MLPs.
 IMAGE_MLP_DEFAULTS: dict[str, Any] = {
     **IMAGE_DEFAULTS,
@@ -367,12 +376,19 @@ def kind_defaults(
     mixture_available: bool = False,
 ) -> dict[str, Any]:
     """The defaults layer for data of ``kind`` and item ``shape`` (None: unknown), given what the
-    other ``layers`` set. Vectors: the mixture prior when it is loaded (``mixture_available``),
-    else nothing. Images: MLPs when the conv architecture is not loaded (``conv_available``) or
+    other ``layers`` set. Vectors: ``VECTOR_DEFAULTS`` when the mixture prior is loaded
+    (``mixture_available``), else nothing; its kl model with a js-trained estimator only when the
+    layers choose neither the divergence nor the critic form. Images: MLPs when the conv architecture is not loaded (``conv_available``) or
     cannot take the shape. The defaults' architecture and its options go together: when the
     layers set ``model.architecture`` or ``model.options``, neither applies."""
     if kind != "image":
-        return json.loads(json.dumps(VECTOR_DEFAULTS)) if mixture_available else {}
+        if not mixture_available:
+            return {}
+        out = json.loads(json.dumps(VECTOR_DEFAULTS))
+        div, crit = layers.get("divergence"), layers.get("critic")
+        if (isinstance(div, dict) and "name" in div) or (isinstance(crit, dict) and "form" in crit):
+            del out["divergence"], out["critic"]  # a chosen divergence or critic plays its own game
+        return out
     conv = conv_available and (shape is None or (len(shape) == 3 and shape[1] == shape[2] and shape[1] in (28, 32, 64)))
     out = json.loads(json.dumps(IMAGE_DEFAULTS if conv else IMAGE_MLP_DEFAULTS))
     model = layers.get("model")

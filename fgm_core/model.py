@@ -68,8 +68,12 @@ class FGMModel(nn.Module):
         density_estimator: bool = True,
         prior: Prior | None = None,
         warmup_divergence: Divergence | None = None,
+        critic_divergence: Divergence | None = None,
     ) -> None:
         super().__init__()
+        #: the f whose bound trains the density estimator (None: the divergence in use); every f
+        #: has the same optimum l = log p_D, so a well-conditioned one can train it for any model
+        self.critic_divergence = critic_divergence
         #: the run's divergence; ``divergence`` is the one in use (kl during a warm-up)
         self.main_divergence = divergence
         self.warmup_divergence = warmup_divergence
@@ -166,9 +170,9 @@ class FGMModel(nn.Module):
             v_q, v_p = v_q + extra_q.float(), v_p + extra_p.float()
         return v_q, v_p, samples
 
-    def _T_and_C(self, a_q: Tensor, a_p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """T on the data side, T and f*(T) on the model side."""
-        d = self.divergence
+    def _T_and_C(self, a_q: Tensor, a_p: Tensor, d: Divergence | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """T on the data side, T and f*(T) on the model side (under ``d``, default the divergence in use)."""
+        d = d or self.divergence
         if self.critic_form == "density":
             return d.T(a_q), d.T(a_p), d.C(a_p)
         return d.activation(a_q), d.activation(a_p), d.conj_act(a_p)
@@ -177,7 +181,7 @@ class FGMModel(nn.Module):
     def critic_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
         """-J for the critic (or density estimator) step; the other networks are held fixed."""
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=True)
-        t_q, t_p, c_p = self._T_and_C(a_q, a_p)
+        t_q, t_p, c_p = self._T_and_C(a_q, a_p, self.critic_divergence)
         objective = t_q.mean() - c_p.mean()
         loss = -objective
         if self.gradient_penalty > 0:

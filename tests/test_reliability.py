@@ -49,7 +49,7 @@ def tiny(out_dir: Path, name: str | None = None, steps: int = STEPS, every: int 
     """The tiny ring8 configuration every run of this file uses."""
     return {
         "data": {"dataset": "ring8", "options": {"n_train": 2000, "n_test": 200}},
-        "model": {"architecture": "mlp", "latent_dim": 2, "options": {"hidden": 16, "depth": 2}},
+        "model": {"architecture": "mlp", "latent_dim": 2, "options": {"hidden": 16, "depth": 2}, "prior": "mixture"},
         "divergence": {"name": "kl"},
         "optim": {"batch_size": 64, "schedule": "constant"},
         "run": {"steps": steps, "seed": 7, "checkpoint_every": every, "threads": 1, "device": "cpu",
