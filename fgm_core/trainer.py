@@ -214,8 +214,8 @@ class Trainer:
         self._stalled = self._stalled + 1 if zero else 0
         if self._stalled >= STALL_STEPS:
             d = self.cfg.divergence
-            params = ", ".join(f"{k}={v}" for k, v in d.params.items())
-            raise Stalled(self.step, f"{d.name} ({params})" if params else d.name)
+            given = ", ".join(f"{k}={v}" for k, v in d.params.items())
+            raise Stalled(self.step, f"{d.name} ({given})" if given else d.name)
 
     # ------------------------------------------------------------------ data and noise
     def train_rows(self) -> int:

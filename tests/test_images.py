@@ -159,12 +159,16 @@ def test_image_defaults_by_data_kind(capsys, tmp_path):
     c = _show(capsys, "--dataset", "idx", "--set", f'data.options={{path="{idx}"}}')
     assert (c["model"]["architecture"], c["model"]["latent_dim"], c["model"]["sigma"]) == ("dcgan", 16, 0.1)
     assert c["divergence"]["name"] == "kl" and c["optim"]["batch_size"] == 64
-    ring = _show(capsys)  # vectors keep the schema's defaults
-    assert (ring["model"]["architecture"], ring["model"]["latent_dim"], ring["divergence"]["name"]) == ("mlp", 2, "js")
+    ring = _show(capsys)  # vectors: the schema's defaults plus the mixture prior, kl model, js-trained estimator
+    assert (ring["model"]["architecture"], ring["model"]["latent_dim"], ring["divergence"]["name"]) == ("mlp", 2, "kl")
+    assert (ring["model"]["prior"], ring["critic"]["divergence"]) == ("mixture", "js")
+    chosen = _show(capsys, "-d", "hellinger")  # a chosen divergence plays its own game
+    assert (chosen["divergence"]["name"], chosen["critic"]["divergence"], chosen["model"]["prior"]) == (
+        "hellinger", None, "mixture")
     # every layer above overrides: --set, -d, a preset, a chosen architecture (which keeps its own options)
     c = _show(capsys, "--dataset", "idx", "-d", "alpha:0.5", "--set", "model.latent_dim=8")
     assert c["model"]["latent_dim"] == 8 and c["divergence"] == {"name": "alpha", "params": {"alpha": 0.5},
-                                                                  "max_exp": 40.0}
+                                                                  "max_exp": 40.0, "warmup_steps": 0}
     c = _show(capsys, "--dataset", "idx", "-a", "mlp")
     assert c["model"]["architecture"] == "mlp" and c["model"]["options"] == {} and c["model"]["sigma"] == 0.1
     c = _show(capsys, "--plugin", "wgan_arch", "--dataset", "idx")
