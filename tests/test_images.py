@@ -180,7 +180,8 @@ def test_image_defaults_by_data_kind(capsys, tmp_path):
     for name, arch in (("img28", "dcgan"), ("img12", "mlp"), ("vec", "mlp")):
         c = _show(capsys, "--dataset", "array", "--set", f'data.options={{path="{tmp_path / name}.npy"}}')
         assert c["model"]["architecture"] == arch
-        assert c["divergence"]["name"] == ("js" if name == "vec" else "kl")
+        assert c["divergence"]["name"] == "kl"  # vectors: kl with a js-trained estimator; images: kl
+        assert c["model"]["prior"] == ("mixture" if name == "vec" else "normal")
         assert c["model"]["latent_dim"] == {"img28": 16, "img12": 16, "vec": 2}[name]
 
 
