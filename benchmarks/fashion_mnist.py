@@ -115,6 +115,8 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
         hit, other = len(set(names) & set(removed)), len(set(names) - set(removed))
         return f"{hit} of the {len(removed)} removed, {other} others"
 
+    ranked = sorted((r for r in mc["modes"] if "median_gap" in r), key=lambda r: -r["median_gap"])
+    top = [r["name"] for r in ranked[: len(removed)]]
     rule = mc["rule"]
     reading = (
         f"relative to the median class (offset {rule['gap_offset_nats']:.0f} nats, threshold "
@@ -132,6 +134,16 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
         f"the detector's verdict is collapsed for **{', '.join(named) or 'none'}** ({verdict(named)}); where "
         "the samples contradict the gap the verdict is uncertain. The rule is the README's (section "
         '"Mode collapse: what the divergence does").',
+        "",
+        "Classes by median gap, largest first: "
+        + ", ".join(
+            f"{r['name']} ({r['median_gap']:.0f})"
+            for r in sorted(mc["modes"], key=lambda r: -r.get("median_gap", -math.inf))
+            if "median_gap" in r
+        )
+        + f"; the {len(removed)} largest are {verdict(top)}."
+        if top
+        else "",
         "",
         "| class | data % | sample % | median gap (nats) | share above threshold (%) | the gap says | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -228,7 +240,7 @@ def goals_section(summary: dict[str, Any]) -> list[str]:
     else:
         lines.append(
             f"| a density row with Frechet <= 0.5 x the VAE's and class KL <= 0.05 | no density row (the VAE aside) "
-            f"than the VAE has class KL <= 0.05 (best: {best}, {ckl.get(best, (math.nan,))[0]:.3f}) "
+            f"has class KL <= 0.05 (best: {best}, {ckl.get(best, (math.nan,))[0]:.3f}) "
             f"| {met(False)} |"
         )
     if best in sharp and vae in sharp:
