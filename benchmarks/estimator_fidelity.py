@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fgm_core.api import train
 from fgm_core.config import load_toml
+from fgm_report.compare import mean_se
 from fgm_report.evaluate import mixture_negative_entropy
 from fgm_report.metrics import data_mixture, estimator_fidelity, mixture_log_density, mixture_metrics
 
@@ -99,9 +98,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for key, v in per_seed[0].items():
         vals = [r[key] for r in per_seed if isinstance(r.get(key), (int, float))]
         if isinstance(v, (int, float)) and len(vals) == len(per_seed):
-            t = torch.tensor(vals, dtype=torch.float64)
-            out[key] = float(t.mean())
-            out[f"{key}_se"] = float(t.std() / len(vals) ** 0.5) if len(vals) > 1 else 0.0
+            out[key], out[f"{key}_se"] = mean_se(vals)
     return out
 
 
