@@ -64,3 +64,25 @@ def test_warmup_needs_the_density_critic(capsys, tmp_path):
     code, _, err = cli(capsys, "train", "--set", "divergence.warmup_steps=-1", "--steps", "2", "--out",
                        tmp_path / "runs", "-q")
     assert code == 1 and "warmup_steps" in err
+
+
+# --------------------------------------------------------------------------- critic.divergence
+def test_critic_divergence_trains_the_estimator_only(plugins, tmp_path):
+    """kl's model update does not depend on the estimator, so a js-trained estimator leaves the
+    encoder, generator and prior bit-for-bit as in the kl run, and changes the critic alone."""
+    kl = fgm.train(tiny(tmp_path, "kl", "kl", 0), plugins=plugins, progress=False)
+    cfg = tiny(tmp_path, "kl-js", "kl", 0)
+    cfg["critic"] = {"divergence": "js"}
+    mixed = fgm.train(cfg, plugins=plugins, progress=False)
+    wk, wm = weights(kl), weights(mixed)
+    assert set(wk) == set(wm)
+    model = [k for k in wk if not k.startswith("critic.")]
+    assert model and all(torch.equal(wk[k], wm[k]) for k in model)
+    assert not all(torch.equal(wk[k], wm[k]) for k in wk if k.startswith("critic."))
+
+
+def test_critic_divergence_needs_the_density_critic(capsys, tmp_path):
+    code, _, err = cli(capsys, "train", "--set", "critic.form=marginal", "--set", "critic.divergence=js",
+                       "--steps", "2", "--out", tmp_path / "runs", "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "critic.divergence needs the density critic" in err
