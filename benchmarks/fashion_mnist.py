@@ -55,10 +55,13 @@ QUICK: dict[str, Any] = {
 }
 
 
-def base_config(data: Path | None, quick: bool, steps: int | None, threads: int | None) -> dict[str, Any]:
+def base_config(
+    data: Path | None, quick: bool, steps: int | None, threads: int | None, device: str = "cpu"
+) -> dict[str, Any]:
     from fgm_core.config import deep_merge
 
     cfg = deep_merge(BASE, QUICK) if quick else json.loads(json.dumps(BASE))
+    cfg["run"]["device"] = device
     if data is not None:
         cfg["data"]["options"]["path"] = str(data)
     if steps is not None:
@@ -296,7 +299,7 @@ def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs:
     seeds = args.seeds or (1 if args.quick else 3)
     k = args.k or (2 if args.quick else 100)
     n_samples = args.samples or (200 if args.quick else 2500)
-    base = base_config(args.data, args.quick, steps, args.threads)
+    base = base_config(args.data, args.quick, steps, args.threads, args.device)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     parts = []
@@ -319,8 +322,13 @@ def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs:
     summary["critics"] = ["density", "marginal", "joint"]
     summary["collapse_run"] = collapse_run(base, runs, k, n_samples)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = ""
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu = f"{torch.cuda.get_device_name(torch.device(args.device))}, "
     summary["machine"] = (
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
+        f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
         f"torch threads {args.threads or 'default'}; {time.perf_counter() - t0:.0f} s in all"
     )
     (out / "results.json").write_text(json.dumps(summary, default=str))
@@ -375,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write the report from OUT/results.json (and OUT/steps-N/results.json) without training",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    ap.add_argument("--device", default="cpu", help="cpu (the shipped report's), cuda or cuda:N")
     ap.add_argument("-k", type=int, default=None, help="importance samples for the likelihood (100; 2 quick)")
     ap.add_argument("--samples", type=int, default=None, help="samples per evaluation (2500; 200 quick)")
     args = ap.parse_args(argv)

@@ -269,6 +269,7 @@ def make_model(cfg: FGMConfig, plugins: PluginSet, info: DataInfo) -> FGMModel:
         prior=prior,
         warmup_divergence=warmup,
         critic_divergence=critic_div,
+        rescale=cfg.critic.rescale,
     )
 
 

@@ -77,6 +77,13 @@ class Divergence(ABC):
     def C(self, s: Tensor) -> Tensor:
         """C(s) = f*(f'(e^s)) = e^s f'(e^s) - f(e^s)."""
 
+    def log_T_prime(self, s: Tensor) -> Tensor | None:
+        """log T'(s) = s + log f''(e^s): a sample's log weight in the gradient of J (the model
+        side's is s + log T'(s), since C'(s) = e^s T'(s)). Lets the density critic step along
+        J's gradient when every weight under- or overflows (``critic.rescale``). None: no closed
+        form (the default); such a divergence is never rescaled."""
+        return None
+
     # -- free critics ----------------------------------------------------------------------
     @abstractmethod
     def activation(self, v: Tensor) -> Tensor:

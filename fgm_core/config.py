@@ -137,6 +137,11 @@ class CriticConfig(_Section):
     #: (None: the run's). Its optimum is l = log p_D for every f, so the model's divergence
     #: (say kl) and a well-conditioned estimator (js) can be chosen apart.
     divergence: str | None = None
+    #: density critic: where every sample's weight in J's gradient under- or overflows (a
+    #: saturated divergence far from the data, e.g. hellinger on images at the start), step
+    #: along the same direction rescaled in log space (model.FGMModel._rescaled); false: the
+    #: raw gradient, exactly zero there.
+    rescale: bool = True
 
 
 class OptimConfig(_Section):

@@ -19,6 +19,11 @@ from torch.nn import functional as F
 from fgm_core.components import LOG_2PI, Divergence, Networks, Prior, StandardNormal
 from fgm_core.errors import FGMError
 
+#: density critic, ``rescale``: a step is rescaled when its largest per-sample gradient weight
+#: lies outside [e^-20, e^20] (below, float32 gradients underflow or drown in Adam's epsilon;
+#: above, the exponentials in T and f*(T) clamp at ``divergence.max_exp``)
+RESCALE_LOG_BOUND = 20.0
+
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     """Diagonal Gaussian log density, summed over all but the batch dimension. A ``log_std``
@@ -69,8 +74,13 @@ class FGMModel(nn.Module):
         prior: Prior | None = None,
         warmup_divergence: Divergence | None = None,
         critic_divergence: Divergence | None = None,
+        rescale: bool = True,
     ) -> None:
         super().__init__()
+        #: density critic: step along J's gradient rescaled in log space where every sample's
+        #: weight under- or overflows (:meth:`_rescaled`); ``rescaled`` counts such losses
+        self.rescale = rescale
+        self.rescaled = 0
         #: the f whose bound trains the density estimator (None: the divergence in use); every f
         #: has the same optimum l = log p_D, so a well-conditioned one can train it for any model
         self.critic_divergence = critic_divergence
@@ -181,9 +191,11 @@ class FGMModel(nn.Module):
     def critic_loss(self, x_data: Tensor, noise: dict[str, Tensor]) -> Losses:
         """-J for the critic (or density estimator) step; the other networks are held fixed."""
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=True)
-        t_q, t_p, c_p = self._T_and_C(a_q, a_p, self.critic_divergence)
+        d = self.critic_divergence or self.divergence
+        t_q, t_p, c_p = self._T_and_C(a_q, a_p, d)
         objective = t_q.mean() - c_p.mean()
-        loss = -objective
+        scaled = self._rescaled(d, a_q, a_p, model_term="C")
+        loss = -objective if scaled is None else -scaled
         if self.gradient_penalty > 0:
             joint = self.critic_form == "joint"
             loss = loss + self.gradient_penalty * self._gradient_penalty(
@@ -208,13 +220,45 @@ class FGMModel(nn.Module):
         a_q, a_p, samples = self._sides(x_data, noise, critic_step=False)
         t_q, t_p, c_p = self._T_and_C(a_q, a_p)
         objective = t_q.mean() - c_p.mean()
-        if self.generator_loss_kind == "non_saturating":
-            loss = t_q.mean() - t_p.mean()
-        else:
-            loss = objective
+        non_saturating = self.generator_loss_kind == "non_saturating"
+        loss = t_q.mean() - t_p.mean() if non_saturating else objective
+        scaled = self._rescaled(self.divergence, a_q, a_p, model_term="T" if non_saturating else "C")
+        loss = loss if scaled is None else scaled
         if self.critic_form == "marginal":
             loss = loss + self._encoder_fit_loss(x_data, samples, noise)
         return Losses(loss, objective.detach(), t_q.detach().mean(), t_p.detach().mean())
+
+    def _rescaled(self, d: Divergence, s_q: Tensor, s_p: Tensor, model_term: str) -> Tensor | None:
+        """E_Q[T(s)] - E_P[term(s)] (term: ``C`` = f*(T), or ``T`` for the non-saturating loss)
+        as a surrogate with the same gradient times e^-m, or None where no rescaling is needed.
+
+        The gradient of J is sum_i w_i grad s_i, w = T'(s)/N on the data side and -C'(s)/M on
+        the model side, C' = e^s T'. Far from the data (|s| in the thousands on images) every w
+        underflows to 0 or its exponential clamps, and the step is exactly zero. Here the log
+        weights come in closed form (``log_T_prime``), m is their maximum, and the surrogate
+        sum_i w_i e^-m s_i (weights detached) has J's gradient direction with the largest weight
+        1: dynamic loss scaling, with the scale known in log space.
+        """
+        if not self.rescale or self.critic_form != "density":
+            return None
+        s_q0, s_p0 = s_q.detach(), s_p.detach()
+        lt_q, lt_p = d.log_T_prime(s_q0), d.log_T_prime(s_p0)
+        if lt_q is None or lt_p is None:
+            return None
+        lw_q = lt_q - math.log(s_q.shape[0])
+        lw_p = lt_p + (s_p0 if model_term == "C" else 0.0) - math.log(s_p.shape[0])
+        m = torch.maximum(lw_q.max(), lw_p.max())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)  # one scale, one decision
+        if not torch.isfinite(m) or -RESCALE_LOG_BOUND <= float(m) <= RESCALE_LOG_BOUND:
+            return None
+        self.rescaled += 1
+        return (torch.exp(lw_q - m) * s_q).sum() - (torch.exp(lw_p - m) * s_p).sum()
+
+    def pop_rescaled(self) -> int:
+        """Losses rescaled since the last call (resets the counter)."""
+        n, self.rescaled = self.rescaled, 0
+        return n
 
     @property
     def generator_uses_model_side(self) -> bool:

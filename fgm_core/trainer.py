@@ -382,6 +382,7 @@ class Trainer:
             time=round(elapsed, 3),
             f_prime_at_1=self.model.divergence.f_prime_at_1,
             clamped=clamped,
+            rescaled=self.model.pop_rescaled(),
             sigma=float(torch.exp(self.model.log_sigma.detach()).mean()),
             lr=self.opt_g.param_groups[0]["lr"],
         )
@@ -417,8 +418,9 @@ class Trainer:
                 f"the generator got an exactly zero gradient on {STALL_STEPS} checked steps in a row (up to step "
                 f"{e.step + 1}): divergence {e.divergence} saturates, its T(s) and f*(T(s)) are flat where the "
                 f"log ratio s is far from 0 (thousands of nats on images at the start); {self._kept()}",
-                "use a divergence with linear tails (kl, js, reverse_kl), or start the model closer to the data "
-                "(a larger model.sigma)",
+                "keep critic.rescale = true (the default; it steps along the exact gradient, rescaled), use a "
+                "divergence with a closed-form log_T_prime or linear tails (kl, js, reverse_kl), or start the model "
+                "closer to the data (a larger model.sigma)",
             )
         if isinstance(e, OSError) and (self._created or self.resume):  # disk full, permissions: name the file
             return FGMError(

@@ -165,6 +165,9 @@ class KL(ClosedForm):
     def C(self, s: Tensor) -> Tensor:
         return self.exp(s)
 
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return torch.zeros_like(s)  # T = 1 + s
+
     def activation(self, v: Tensor) -> Tensor:
         return v
 
@@ -191,6 +194,9 @@ class ReverseKL(ClosedForm):
 
     def C(self, s: Tensor) -> Tensor:
         return s - 1
+
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return -s  # T = -e^-s
 
     def activation(self, v: Tensor) -> Tensor:
         return -self.exp(-v)
@@ -226,6 +232,9 @@ class Pearson(ClosedForm):
     def C(self, s: Tensor) -> Tensor:
         return self.expm1(2 * s)
 
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return LOG2 + s  # T = 2(e^s - 1)
+
     def activation(self, v: Tensor) -> Tensor:
         return v
 
@@ -253,6 +262,9 @@ class Neyman(ClosedForm):
 
     def C(self, s: Tensor) -> Tensor:
         return -2 * self.expm1(-s)
+
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return LOG2 - 2 * s  # T = 1 - e^-2s
 
     def activation(self, v: Tensor) -> Tensor:
         return -self.expm1(v)
@@ -289,6 +301,9 @@ class Hellinger(ClosedForm):
     def C(self, s: Tensor) -> Tensor:
         return self.expm1(s / 2)
 
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return -s / 2 - LOG2  # T = 1 - e^(-s/2)
+
     def activation(self, v: Tensor) -> Tensor:
         return -self.expm1(-v)
 
@@ -322,6 +337,9 @@ class JS(ClosedForm):
 
     def C(self, s: Tensor) -> Tensor:
         return F.softplus(s) - LOG2
+
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return -F.softplus(s)  # T = log 2 - softplus(-s)
 
     def activation(self, v: Tensor) -> Tensor:
         return LOG2 - F.softplus(-v)
@@ -361,6 +379,9 @@ class GAN(ClosedForm):
 
     def C(self, s: Tensor) -> Tensor:
         return F.softplus(s)
+
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return -F.softplus(s)  # T = -softplus(-s)
 
     def activation(self, v: Tensor) -> Tensor:
         return -F.softplus(-v)
@@ -428,6 +449,9 @@ class Jeffrey(ClosedForm):
     def C(self, s: Tensor) -> Tensor:
         return s + self.expm1(s)
 
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return F.softplus(-s)  # T = s + 1 - e^-s
+
     def activation(self, v: Tensor) -> Tensor:
         return v
 
@@ -486,6 +510,9 @@ class Alpha(ClosedForm):
 
     def C(self, s: Tensor) -> Tensor:
         return self.expm1(self.a * s) / self.a
+
+    def log_T_prime(self, s: Tensor) -> Tensor:
+        return (self.a - 1) * s  # T = (e^((a-1)s) - 1)/(a-1)
 
     def activation(self, v: Tensor) -> Tensor:
         if self.a < 1:
