@@ -4,7 +4,10 @@
     python benchmarks/fashion_mnist.py --quick          # smoke run: tiny nets, a few steps, one seed
     python benchmarks/fashion_mnist.py --data DIR       # IDX files elsewhere (default: Debian's
                                                         # dataset-fashion-mnist package)
-    python benchmarks/fashion_mnist.py --report-only    # rewrite the report from OUT/results.json
+    python benchmarks/fashion_mnist.py --report-only    # rewrite the reports from OUT/results.json
+                                                        # and OUT/steps-*/results.json
+    python benchmarks/fashion_mnist.py --device cuda --seeds 1 --steps 2000 --trend-steps '' \
+        --out docs/results/fashion_mnist/steps-2000     # the report's 2,000-step budget (one GPU)
 
 The full experiment trains every row at the main budget (``--steps``, 1,000) and again at each
 smaller budget of ``--trend-steps`` (500), into OUT/steps-N, so the report shows the trend with
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -261,31 +265,36 @@ def goals_section(summary: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def trend_section(summaries: list[dict[str, Any]]) -> list[str]:
-    """Frechet distance and class KL per row at each budget (steps), smallest budget first."""
-    if len(summaries) < 2:
+def trend_section(budgets: list[dict[str, Any]], main: dict[str, Any]) -> list[str]:
+    """Frechet distance and class KL per row at each budget (steps), smallest budget first. A
+    budget run with other seeds or on another device (``--device``) says so in its column."""
+    if not budgets:
         return []
-    summaries = sorted(summaries, key=lambda x: x["config"]["run"]["steps"])
-    steps = [x["config"]["run"]["steps"] for x in summaries]
+    summaries = sorted([*budgets, main], key=lambda x: x["config"]["run"]["steps"])
     fds = [row_stats(x, "frechet_distance") for x in summaries]
     ckls = [row_stats(x, "class_kl") for x in summaries]
-    labels = [lab for lab in fds[-1]]
+
+    def column(x: dict[str, Any]) -> str:
+        run = x["config"]["run"]
+        note = []
+        if x["seeds"] != main["seeds"]:
+            note.append(f"{x['seeds']} seed{'s' if x['seeds'] != 1 else ''}")
+        if run.get("device", "cpu") != main["config"]["run"].get("device", "cpu"):
+            note.append(str(x.get("machine", run.get("device"))).split(",")[0])
+        return f"{run['steps']} steps" + (f" ({', '.join(note)})" if note else "")
+
+    cols = [column(x) for x in summaries]
+    links = [f"[steps-{x['config']['run']['steps']}](steps-{x['config']['run']['steps']}/report.md)" for x in budgets]
     lines = [
         "## Trend with budget",
         "",
-        "The same rows, networks and seeds trained for fewer steps (the smaller budgets' full reports are in "
-        + ", ".join(f"[steps-{n}](steps-{n}/report.md)" for n in steps[:-1])
-        + "). Frechet distance "
-        "(lower is better) and class-histogram KL, mean over seeds.",
+        "The same rows and networks trained for other numbers of steps (full reports: " + ", ".join(links) + "). "
+        "Frechet distance (lower is better) and class-histogram KL, mean over seeds.",
         "",
-        "| row | "
-        + " | ".join(f"Frechet, {n} steps" for n in steps)
-        + " | "
-        + " | ".join(f"class KL, {n} steps" for n in steps)
-        + " |",
-        "|---|" + "---|" * (2 * len(steps)),
+        "| row | " + " | ".join(f"Frechet, {c}" for c in cols) + " | " + " | ".join(f"class KL, {c}" for c in cols) + " |",
+        "|---|" + "---|" * (2 * len(cols)),
     ]
-    for lab in labels:
+    for lab in row_stats(main, "frechet_distance"):
         f = " | ".join(f"{fd[lab][0]:.1f}" if lab in fd else "–" for fd in fds)
         c = " | ".join(f"{ck[lab][0]:.3f}" if lab in ck else "–" for ck in ckls)
         lines.append(f"| {lab} | {f} | {c} |")
@@ -344,7 +353,7 @@ def write_full_report(
     machine = summary.get("machine") or f"{summary['total_seconds']:.0f} s for the rows, without the collapse run"
     extra = [
         *goals_section(summary),
-        *trend_section([*budgets, summary]),
+        *trend_section(budgets, summary),
         *verdict_table(summary),
         *collapse_section(summary["collapse_run"]),
         "## Budget and reproduction",
@@ -392,19 +401,27 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or out / "runs"
     trend = args.trend_steps if args.trend_steps is not None else ("" if args.quick else "500")
     trend_steps = [int(t) for t in trend.split(",") if t.strip()]
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = " ".join(["python benchmarks/fashion_mnist.py", *(shlex.quote(a) for a in given)])
     if args.report_only:
         summary = json.loads((out / "results.json").read_text())
         budgets = [json.loads(p.read_text()) for p in sorted(out.glob("steps-*/results.json"))]
+        for b, p in zip(budgets, sorted(out.glob("steps-*/results.json"))):
+            n = b["config"]["run"]["steps"]
+            write_full_report(b, p.parent, [], args.quick, b.get("command", f"{command} (its {n}-step budget)"))
     else:
         budgets = []
         for n in trend_steps:
             sub = out / f"steps-{n}"
             b = run_experiment(args, sub, n, runs / f"steps-{n}")
-            write_full_report(b, sub, [], args.quick, f"python benchmarks/fashion_mnist.py (the {n}-step budget)")
+            b["command"] = f"{command} (its {n}-step budget)"
+            (sub / "results.json").write_text(json.dumps(b, default=str))
+            write_full_report(b, sub, [], args.quick, b["command"])
             budgets.append(b)
         summary = run_experiment(args, out, args.steps, runs)
-    command = "python benchmarks/fashion_mnist.py" + (" --quick" if args.quick else "")
-    write_full_report(summary, out, budgets, args.quick, command)
+        summary["command"] = command
+        (out / "results.json").write_text(json.dumps(summary, default=str))
+    write_full_report(summary, out, budgets, args.quick, summary.get("command", command))
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 

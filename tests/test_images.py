@@ -283,6 +283,36 @@ def test_experiment_quick_mode(quick_report):
     summary = json.loads((quick_report / "results.json").read_text())
     assert len(summary["runs"]) == 9 and all("error" not in r for r in summary["runs"])
     assert summary["collapse_run"]["removed"] == ["1", "5", "8"]
+    assert summary["command"].startswith("python benchmarks/fashion_mnist.py --quick --data ")
+    assert f"Reproduce: `{summary['command']}`" in md
+
+
+def test_experiment_trend_names_budgets_from_other_seeds_and_devices():
+    """The trend table orders budgets by steps, gives each its Frechet distance and class KL,
+    and marks a budget trained with other seeds or on another device in its column."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fashion_mnist_bench", ROOT / "benchmarks" / "fashion_mnist.py")
+    fm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fm)
+
+    def summary(steps, device, seeds, fds):
+        runs = [{"divergence": "kl", "critic": c, "seed": i, "frechet_distance": fd, "class_kl": fd / 1000}
+                for c, per_seed in fds.items() for i, fd in enumerate(per_seed)]
+        return {"runs": runs, "critics": ["density", "marginal"], "seeds": seeds, "machine": "NVIDIA H200, 16 CPU cores",
+                "config": {"run": {"steps": steps, "device": device}}}
+
+    main = summary(1000, "cpu", 2, {"density": [100.0, 120.0], "marginal": [90.0, 94.0]})
+    gpu = summary(2000, "cuda", 1, {"density": [80.0], "marginal": [70.0]})
+    small = summary(500, "cpu", 2, {"density": [150.0, 170.0], "marginal": [130.0, 134.0]})
+    lines = fm.trend_section([gpu, small], main)
+    header = next(ln for ln in lines if ln.startswith("| row |"))
+    assert header.split(" | ")[1:4] == ["Frechet, 500 steps", "Frechet, 1000 steps",
+                                        "Frechet, 2000 steps (1 seed, NVIDIA H200)"]
+    assert "| kl / density | 160.0 | 110.0 | 80.0 | 0.160 | 0.110 | 0.080 |" in lines
+    assert "| kl / marginal | 132.0 | 92.0 | 70.0 | 0.132 | 0.092 | 0.070 |" in lines
+    assert "[steps-2000](steps-2000/report.md)" in lines[2] and "[steps-500](steps-500/report.md)" in lines[2]
+    assert fm.trend_section([], main) == []
 
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
