@@ -287,6 +287,25 @@ def test_experiment_quick_mode(quick_report):
     assert f"Reproduce: `{summary['command']}`" in md
 
 
+@pytest.mark.slow
+def test_experiment_report_only_keeps_the_figures_when_the_runs_are_elsewhere(quick_report, tmp_path):
+    """--report-only rewrites the report from results.json; runs trained on another machine are
+    not here, so the figures drawn with them are kept (not an error, not dropped)."""
+    out = tmp_path / "report"
+    shutil.copytree(quick_report, out)
+    summary = json.loads((out / "results.json").read_text())
+    for r in summary["runs"]:
+        r["run"] = str(tmp_path / "elsewhere" / Path(r["run"]).name)
+    (out / "results.json").write_text(json.dumps(summary))
+    (out / "report.md").unlink()
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick", "--report-only",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "samples.png" in md and "curves.png" in md and "not on this machine" in md
+    assert (out / "samples.png").stat().st_size > 0
+
+
 def test_experiment_trend_names_budgets_from_other_seeds_and_devices():
     """The trend table orders budgets by steps, gives each its Frechet distance and class KL,
     and marks a budget trained with other seeds or on another device in its column."""
