@@ -297,8 +297,11 @@ def _figures(summary: dict[str, Any], out: Path) -> list[tuple[str, Path, str]]:
         return figs
     if not all(Path(r["run"]).is_dir() for r in first.values()):  # runs moved (another machine): keep the figures
         kept = [("Samples", "samples.png"), ("Log densities", "density.png"), ("Training curves", "curves.png")]
-        return [(name, out / f, "Drawn when the runs were trained (they are not on this machine).")
-                for name, f in kept if (out / f).is_file()]
+        return [
+            (name, out / f, "Drawn when the runs were trained (they are not on this machine).")
+            for name, f in kept
+            if (out / f).is_file()
+        ]
     models = {label: Run.load(r["run"]) for label, r in first.items()}
     panels = [
         (f"{label} (seed {first[label]['seed']})", models[label].sample(2500, seed=1).numpy(), models[label].info)
