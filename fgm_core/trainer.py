@@ -179,8 +179,9 @@ class Trainer:
             g = model.generator_loss(self.next_batch(), self.noise(model.generator_uses_model_side))
         model.critic.requires_grad_(True)
         self._update(self.opt_g, g.loss, self.gen_params, "generator")
-        for s in self.sched:
-            s.step()
+        for s, opt in zip(self.sched, (self.opt_g, self.opt_c)):
+            if opt is not self.opt_c or cfg.critic.n_critic:  # a critic never stepped keeps its schedule still
+                s.step()
         self.step += 1
         if not cfg.critic.n_critic:  # the plain VAE: no critic step, no estimate of J
             return {"loss_generator": g.loss.detach(), "critic_data": g.critic_data}

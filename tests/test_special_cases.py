@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -158,8 +159,10 @@ def test_n_critic_zero_is_the_plain_vae(plugins, tmp_path):
     import fgm_core as fgm
     from fgm_core.errors import FGMError
 
-    short = fgm.train(plain_vae_cfg(tmp_path, 10), progress=False, plugins=plugins)
-    long = fgm.train(plain_vae_cfg(tmp_path, 30), progress=False, plugins=plugins)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "lr_scheduler.step() before optimizer.step()"
+        short = fgm.train(plain_vae_cfg(tmp_path, 10), progress=False, plugins=plugins)
+        long = fgm.train(plain_vae_cfg(tmp_path, 30), progress=False, plugins=plugins)
     s1, s2 = short.model.state_dict(), long.model.state_dict()
     critic = [k for k in s1 if k.startswith("critic.")]
     assert critic and all(torch.equal(s1[k], s2[k]) for k in critic)
