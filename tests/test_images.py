@@ -298,12 +298,20 @@ def test_experiment_report_only_keeps_the_figures_when_the_runs_are_elsewhere(qu
         r["run"] = str(tmp_path / "elsewhere" / Path(r["run"]).name)
     (out / "results.json").write_text(json.dumps(summary))
     (out / "report.md").unlink()
+    budget = json.loads(json.dumps(summary))  # a second budget, as another machine would leave it
+    budget["config"]["run"].update(steps=7, device="cuda")
+    budget["machine"] = "NVIDIA H200, 16 CPU cores"
+    (out / "steps-7").mkdir()
+    (out / "steps-7" / "results.json").write_text(json.dumps(budget))
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick", "--report-only",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "samples.png" in md and "curves.png" in md and "not on this machine" in md
     assert (out / "samples.png").stat().st_size > 0
+    assert "Frechet, 7 steps (NVIDIA H200)" in md and "[steps-7](steps-7/report.md)" in md
+    assert '<a href="steps-7/report.html">steps-7</a>' in (out / "report.html").read_text()
+    assert (out / "steps-7" / "report.html").is_file()  # the budget's own report, rewritten too
 
 
 def test_experiment_trend_names_budgets_from_other_seeds_and_devices():

@@ -490,9 +490,15 @@ ul{padding-left:1.4em}
 
 
 def _inline(text: str) -> str:
+    """Code, bold and links; a link to a report's ``.md`` points at its ``.html`` twin."""
     text = html.escape(text)
     text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(
+        r"\[([^\]]+)\]\(([^)\s]+)\)",
+        lambda m: f'<a href="{re.sub(r"report[.]md$", "report.html", m.group(2))}">{m.group(1)}</a>',
+        text,
+    )
 
 
 def _html(md: str, out: Path) -> str:
