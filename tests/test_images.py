@@ -314,14 +314,38 @@ def test_experiment_report_only_keeps_the_figures_when_the_runs_are_elsewhere(qu
     assert (out / "steps-7" / "report.html").is_file()  # the budget's own report, rewritten too
 
 
-def test_experiment_trend_names_budgets_from_other_seeds_and_devices():
-    """The trend table orders budgets by steps, gives each its Frechet distance and class KL,
-    and marks a budget trained with other seeds or on another device in its column."""
+def _bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fashion_mnist_bench", ROOT / "benchmarks" / "fashion_mnist.py")
     fm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fm)
+    return fm
+
+
+def test_experiment_excess_gap_subtracts_a_full_data_reference_per_class():
+    """The collapse run's per-class median gap minus a reference's (a model trained on every
+    class): a class whose images inflate every model's gap (here C) stops outranking a removed
+    class, and the removed ones come first with the margin to the next printed."""
+    fm = _bench()
+
+    def modes(gaps):
+        return {"mode_collapse": {"modes": [{"name": n, "median_gap": g} for n, g in gaps.items()]}}
+
+    res = {**modes({"A": 500.0, "B": 300.0, "C": 450.0, "D": 100.0}), "removed": ["A", "B"]}
+    ref = {"seed": 4, **modes({"A": 50.0, "B": 40.0, "C": 400.0, "D": 90.0})}
+    lines = fm.excess_gap_lines(res, [ref])
+    row = next(ln for ln in lines if ln.startswith("| 4 |"))
+    assert row == "| 4 | **A** (450), **B** (260), C (50), D (10) | yes | 210 |"
+    worse = {"seed": 5, **modes({"A": 50.0, "B": 40.0, "C": 100.0, "D": 90.0})}  # C not inflated: it outranks B
+    assert "| 5 | **A** (450), C (350), **B** (260), D (10) | no | 90 |" in fm.excess_gap_lines(res, [worse])
+    assert fm.excess_gap_lines(res, []) == []
+
+
+def test_experiment_trend_names_budgets_from_other_seeds_and_devices():
+    """The trend table orders budgets by steps, gives each its Frechet distance and class KL,
+    and marks a budget trained with other seeds or on another device in its column."""
+    fm = _bench()
 
     def summary(steps, device, seeds, fds):
         runs = [{"divergence": "kl", "critic": c, "seed": i, "frechet_distance": fd, "class_kl": fd / 1000}
