@@ -76,8 +76,13 @@ def base_config(
     return cfg
 
 
-def collapse_run(base: dict[str, Any], runs: Path, k: int, n_samples: int) -> dict[str, Any]:
-    """kl trained without ``REMOVED``, evaluated on all ten classes."""
+def collapse_run(
+    base: dict[str, Any], runs: Path, k: int, n_samples: int, references: list[str] | None = None
+) -> dict[str, Any]:
+    """kl trained without ``REMOVED``, evaluated on all ten classes. With ``references`` (the
+    main table's kl runs, one per seed: the same model trained on all ten classes) the detector
+    reads the gap against the first; ``by_reference`` gives the reading against each, and
+    ``mode_collapse_plain`` the reading without any."""
     import fgm_core as fgm
     from fgm_core.config import deep_merge
     from fgm_core.storage import remove_run_dir
@@ -105,6 +110,12 @@ def collapse_run(base: dict[str, Any], runs: Path, k: int, n_samples: int) -> di
     seconds = time.perf_counter() - t0
     bundle = load_test_bundle(run, drop_options=("classes",))  # all ten classes, the classifier too
     res = evaluate(run, bundle, k=k, n_samples=n_samples, seed=0)
+    if references:
+        res["mode_collapse_plain"] = res["mode_collapse"]
+        res["by_reference"] = [
+            evaluate(run, bundle, k=k, n_samples=n_samples, seed=0, reference=ref)["mode_collapse"] for ref in references
+        ]
+        res["mode_collapse"] = res["by_reference"][0]
     res["train_seconds"] = seconds
     res["removed"] = [bundle.label_names[c] if bundle.label_names else str(c) for c in REMOVED]
     return res
@@ -131,18 +142,32 @@ def collapse_section(res: dict[str, Any], references: list[dict[str, Any]] | Non
         if rule.get("relative")
         else f"as it is (threshold {rule['gap_threshold_nats']:.2f} nats)"
     )
+    against = (
+        "minus the gap of the reference (the main table's kl run, seed 0: the same networks and budget trained on "
+        "all ten classes) on the same held-out image, "
+        if "reference" in mc
+        else ""
+    )
+    plain = res.get("mode_collapse_plain")
+    plain_says = [r["name"] for r in plain["modes"] if r.get("gap_says") == "missing"] if plain else None
     lines = [
         "## Mode collapse: three classes removed",
         "",
         f"One kl model (density critic, seed 0, the same budget) trained without **{', '.join(removed)}**, "
         f"evaluated on all ten classes ({res['train_seconds']:.0f} s of training). The gap "
-        f"g(x) = log p_D(x) - log p_theta(x), read {reading}, says missing: **{', '.join(by_gap) or 'none'}** "
-        f"({verdict(by_gap)}). With the samples' reading (the classifier's share of the samples in the class) "
-        f"the detector's verdict is collapsed for **{', '.join(named) or 'none'}** ({verdict(named)}); where "
-        "the samples contradict the gap the verdict is uncertain. The rule is the README's (section "
-        '"Mode collapse: what the divergence does").',
+        f"g(x) = log p_D(x) - log p_theta(x), {against}read {reading}, says missing: "
+        f"**{', '.join(by_gap) or 'none'}** ({verdict(by_gap)}). With the samples' reading (the classifier's share "
+        f"of the samples in the class) the detector's verdict is collapsed for **{', '.join(named) or 'none'}** "
+        f"({verdict(named)}); where the samples contradict the gap the verdict is uncertain. The rule is the "
+        'README\'s (section "Mode collapse: what the divergence does").'
+        + (
+            f" Without the reference, the gap says missing for {', '.join(plain_says) or 'none'} "
+            f"({verdict(plain_says)})."
+            if plain_says is not None
+            else ""
+        ),
         "",
-        "Classes by median gap, largest first: "
+        f"Classes by median gap{' minus the reference' if against else ''}, largest first: "
         + ", ".join(
             f"{r['name']} ({r['median_gap']:.0f})"
             for r in sorted(mc["modes"], key=lambda r: -r.get("median_gap", -math.inf))
@@ -152,7 +177,8 @@ def collapse_section(res: dict[str, Any], references: list[dict[str, Any]] | Non
         if top
         else "",
         "",
-        "| class | data % | sample % | median gap (nats) | share above threshold (%) | the gap says | verdict |",
+        f"| class | data % | sample % | median gap{' minus the reference' if against else ''} (nats) | share above "
+        "threshold (%) | the gap says | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in mc["modes"]:
@@ -164,6 +190,21 @@ def collapse_section(res: dict[str, Any], references: list[dict[str, Any]] | Non
             f"| {name} | {100 * r['data_share']:.1f} | {100 * r['sample_share']:.1f} | {gap} | {share} | "
             f"{r.get('gap_says', '–')} | {mark} |"
         )
+    by_ref = res.get("by_reference") or []
+    if len(by_ref) > 1:
+        lines += [
+            "",
+            "Against each reference seed (the table above uses the first):",
+            "",
+            "| reference | the gap says missing | verdict collapsed |",
+            "|---|---|---|",
+        ]
+        for mc_ref in by_ref:
+            says = [r["name"] for r in mc_ref["modes"] if r.get("gap_says") == "missing"]
+            lines.append(
+                f"| {Path(mc_ref.get('reference', '?')).name} | {', '.join(says) or 'none'} ({verdict(says)}) | "
+                f"{', '.join(mc_ref['collapsed_names']) or 'none'} |"
+            )
     return lines + [""] + excess_gap_lines(res, references or [])
 
 
@@ -364,7 +405,8 @@ def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs:
         parts.append(part)
     summary = merge(out, parts, write=False)
     summary["critics"] = ["density", "marginal", "joint"]
-    summary["collapse_run"] = collapse_run(base, runs, k, n_samples)
+    vae = [r["run"] for r in summary["runs"] if r["divergence"] == "kl" and r["critic"] == "density" and "error" not in r]
+    summary["collapse_run"] = collapse_run(base, runs, k, n_samples, references=vae)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = ""
     if args.device.startswith("cuda"):

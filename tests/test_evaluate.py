@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fgm_core as fgm
+from fgm_core.errors import FGMError
 from fgm_report.evaluate import (
     evaluate,
     frechet_distance,
@@ -297,6 +298,32 @@ def test_mode_collapse_detector_names_the_removed_modes(workdir):
     # against its own (five-mode) test data nothing is collapsed
     own = evaluate(run, k=20, n_samples=2500, n_test=1000)
     assert own["mode_collapse"]["collapsed"] == []
+
+
+def test_a_reference_subtracts_its_gap_point_by_point(ring_run, workdir):
+    """``reference``: the detector reads g(x) - g_ref(x) on the same held-out points. The model
+    as its own reference leaves exactly 0 everywhere (every mode covered); the JSON names the
+    reference; a reference of another data shape is refused in one line; the CLI takes it."""
+    res = evaluate(ring_run, k=5, n_samples=300, n_test=200, reference=ring_run)
+    mc = res["mode_collapse"]
+    assert mc["reference"] == str(ring_run.path)
+    assert all(r["median_gap"] == 0.0 and r["gap_says"] == "covered" for r in mc["modes"])
+    plain = evaluate(ring_run, k=5, n_samples=300, n_test=200)["mode_collapse"]
+    assert any(r["median_gap"] != 0.0 for r in plain["modes"]) and "reference" not in plain
+    other = fgm.train(cfg(workdir / "runs", "grid-ref", {"dataset": "grid25", "options": {"n_train": 500, "n_test": 100}},
+                          steps=5, model={"latent_dim": 3}), progress=False)
+    assert other.info.shape == (2,)  # same shape: accepted, the gap differs from 0
+    assert any(r["median_gap"] != 0.0 for r in evaluate(ring_run, k=5, n_samples=300, n_test=200,
+                                                        reference=other)["mode_collapse"]["modes"])
+    shapes = fgm.train(cfg(workdir / "runs", "shapes-ref", {"dataset": "shapes", "options": {"n_train": 64,
+                                                                                             "n_test": 16}},
+                           steps=2), progress=False)
+    with pytest.raises(FGMError, match="reference model takes data of shape"):
+        evaluate(ring_run, k=5, n_samples=300, n_test=200, reference=shapes)
+    p = _fgm("evaluate", str(ring_run.path), "-k", "5", "--samples", "300", "--test", "200", "--reference",
+             str(ring_run.path))
+    assert p.returncode == 0, p.stderr
+    assert "gap read against the reference" in p.stdout and "collapsed: none" in p.stdout
 
 
 # --------------------------------------------------------------------------- the commands

@@ -38,6 +38,11 @@ from fgm_report.tune import tune
     metavar="KEY=VALUE",
     help="Override a data option for the held-out data, e.g. --set-data limit=500.",
 )
+@click.option(
+    "--reference",
+    type=PATH,
+    help="A run or export trained on all the data: the collapse detector reads the gap minus the reference's.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")
 @click.option("-o", "--out", type=PATH, help="Also write the JSON result here.")
@@ -53,6 +58,7 @@ def evaluate_cmd(
     threshold: float | None,
     full: bool,
     data_sets,
+    reference: Path | None,
     seed: int,
     no_classifier: bool,
     out: Path | None,
@@ -83,6 +89,7 @@ def evaluate_cmd(
         seed=seed,
         threshold=GAP_THRESHOLD if threshold is None else threshold,
         classifier=not no_classifier,
+        reference=open_model(reference, device="cpu", threads=threads) if reference is not None else None,
     )
     res["path"] = str(path)
     if out is not None:
