@@ -1,6 +1,6 @@
 """Fashion-MNIST: how the f-divergence changes sharpness and mode coverage, in one command.
 
-    python benchmarks/fashion_mnist.py                  # the full experiment (about 2.5 h on 2 CPU cores)
+    python benchmarks/fashion_mnist.py                  # the full experiment (about 3 h on 2 CPU cores)
     python benchmarks/fashion_mnist.py --quick          # smoke run: tiny nets, a few steps, one seed
     python benchmarks/fashion_mnist.py --data DIR       # IDX files elsewhere (default: Debian's
                                                         # dataset-fashion-mnist package)
