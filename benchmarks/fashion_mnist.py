@@ -377,8 +377,16 @@ def trend_section(budgets: list[dict[str, Any]], main: dict[str, Any]) -> list[s
     return lines + [""]
 
 
-def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs: Path) -> dict[str, Any]:
-    """Train and evaluate every row and the collapse run at one budget; returns the summary."""
+def vae_runs(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished kl / density runs (the VAE rows): the collapse run's references."""
+    return [r for r in summary["runs"] if r["divergence"] == "kl" and r["critic"] == "density" and "error" not in r]
+
+
+def run_experiment(
+    args: argparse.Namespace, out: Path, steps: int | None, runs: Path, command: str
+) -> dict[str, Any]:
+    """Train and evaluate every row and the collapse run at one budget; returns the summary
+    (also written to OUT/results.json, with ``command``, the one that reproduces it)."""
     from fgm_report.compare import compare, merge
 
     seeds = args.seeds or (1 if args.quick else 3)
@@ -405,8 +413,7 @@ def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs:
         parts.append(part)
     summary = merge(out, parts, write=False)
     summary["critics"] = ["density", "marginal", "joint"]
-    vae = [r["run"] for r in summary["runs"] if r["divergence"] == "kl" and r["critic"] == "density" and "error" not in r]
-    summary["collapse_run"] = collapse_run(base, runs, k, n_samples, references=vae)
+    summary["collapse_run"] = collapse_run(base, runs, k, n_samples, references=[r["run"] for r in vae_runs(summary)])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = ""
     if args.device.startswith("cuda"):
@@ -417,6 +424,7 @@ def run_experiment(args: argparse.Namespace, out: Path, steps: int | None, runs:
         f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()}), load average {load:.1f} at the end, "
         f"torch threads {args.threads or 'default'}; {time.perf_counter() - t0:.0f} s in all"
     )
+    summary["command"] = command
     (out / "results.json").write_text(json.dumps(summary, default=str))
     return summary
 
@@ -432,10 +440,7 @@ def write_full_report(
         *goals_section(summary),
         *trend_section(budgets, summary),
         *verdict_table(summary),
-        *collapse_section(
-            summary["collapse_run"],
-            [r for r in summary["runs"] if r["divergence"] == "kl" and r["critic"] == "density" and "error" not in r],
-        ),
+        *collapse_section(summary["collapse_run"], vae_runs(summary)),
         "## Budget and reproduction",
         "",
         f"Every row: the networks and budget above, seeds 0..{seeds - 1}; machine: {machine}.",
@@ -485,22 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/fashion_mnist.py", *(shlex.quote(a) for a in given)])
     if args.report_only:
         summary = json.loads((out / "results.json").read_text())
-        budgets = [json.loads(p.read_text()) for p in sorted(out.glob("steps-*/results.json"))]
-        for b, p in zip(budgets, sorted(out.glob("steps-*/results.json"))):
+        budgets = []
+        for p in sorted(out.glob("steps-*/results.json")):
+            b = json.loads(p.read_text())
             n = b["config"]["run"]["steps"]
             write_full_report(b, p.parent, [], args.quick, b.get("command", f"{command} (its {n}-step budget)"))
+            budgets.append(b)
     else:
         budgets = []
         for n in trend_steps:
             sub = out / f"steps-{n}"
-            b = run_experiment(args, sub, n, runs / f"steps-{n}")
-            b["command"] = f"{command} (its {n}-step budget)"
-            (sub / "results.json").write_text(json.dumps(b, default=str))
+            b = run_experiment(args, sub, n, runs / f"steps-{n}", f"{command} (its {n}-step budget)")
             write_full_report(b, sub, [], args.quick, b["command"])
             budgets.append(b)
-        summary = run_experiment(args, out, args.steps, runs)
-        summary["command"] = command
-        (out / "results.json").write_text(json.dumps(summary, default=str))
+        summary = run_experiment(args, out, args.steps, runs, command)
     write_full_report(summary, out, budgets, args.quick, summary.get("command", command))
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0

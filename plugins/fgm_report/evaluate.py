@@ -485,8 +485,7 @@ def evaluate(
     is_image = len(v.shape) == 3
 
     # likelihood
-    ll = v.log_likelihood(test, k=k, seed=seed) if v.generator == "gaussian" else None
-    ld = v.log_density(test, seed=seed)
+    ll, ld = _log_densities(v, test, k, seed)
     if ll is not None:
         out["test_log_likelihood"] = float(ll.mean())
     if ld is not None:
@@ -562,6 +561,13 @@ def evaluate(
     return out
 
 
+def _log_densities(v: _View, test: Tensor, k: int, seed: int) -> tuple[Tensor | None, Tensor | None]:
+    """(log p_theta(x) importance-sampled with K = ``k``, None without a Gaussian generator;
+    the density estimator's log p_D(x), None without one) on held-out ``test``."""
+    ll = v.log_likelihood(test, k=k, seed=seed) if v.generator == "gaussian" else None
+    return ll, v.log_density(test, seed=seed)
+
+
 def reference_gap(reference: Any, test: Tensor, shape: tuple[int, ...], k: int, seed: int) -> Tensor:
     """g_ref(x) = log p_D(x) - log p_theta(x) of the reference model on the same held-out points."""
     ref = _View(open_model(reference) if isinstance(reference, (str, Path)) else reference)
@@ -570,10 +576,7 @@ def reference_gap(reference: Any, test: Tensor, shape: tuple[int, ...], k: int, 
             f"the reference model takes data of shape {ref.shape}, the model {shape}",
             "give a reference trained on the same dataset (all of it)",
         )
-    ld, ll = (
-        ref.log_density(test, seed=seed),
-        ref.log_likelihood(test, k=k, seed=seed) if ref.generator == "gaussian" else None,
-    )
+    ll, ld = _log_densities(ref, test, k, seed)
     if ld is None or ll is None:
         raise FGMError(
             "the reference model has no density estimator or no likelihood, so no gap",
