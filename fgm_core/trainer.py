@@ -468,6 +468,9 @@ class Trainer:
             metadata={"format_version": str(FORMAT_VERSION), "step": str(self.step)},
         )
         write_json(self.run_dir / "fgm.json", {**self._identity(), "sha256": {"model.safetensors": sha}})
+        # the after-training look runs the trained model as a loaded run would: in eval mode, so
+        # batch-norm layers neither use batch statistics nor move their running ones past the saved weights
+        self.model.eval()
         run = Run(self.run_dir, self.cfg, self.model, self.info, self.plugins.resolved())
         t0 = time.perf_counter()
         summary: dict[str, Any] = {"step": None, **self.plugins.run_finished(run, self.bundle)}

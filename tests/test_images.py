@@ -205,6 +205,36 @@ def test_image_defaults_learn_images(capsys, tmp_path):
     assert res["trained"]["class_kl"] < 0.5 < res["untrained"]["class_kl"]
 
 
+def test_the_trained_run_in_memory_is_the_one_on_disk(tmp_path):
+    """fgm.train's returned run equals the run loaded from its directory, batch-norm running
+    statistics included: the after-training look (summary.json, samples.png) runs in eval mode
+    and leaves them as saved. (It once ran in train mode: every in-memory evaluation of a
+    convolutional run, fgm compare's included, read slightly different networks than the
+    saved ones.)"""
+    import torch
+
+    import fgm_core as fgm
+    from fgm_core.run import Run
+    from fgm_report.evaluate import load_test_bundle
+
+    idx = write_idx(tmp_path / "idx", 256, 64)
+    cfg = {"data": {"dataset": "idx", "options": {"path": str(idx)}},
+           "model": {"architecture": "dcgan", "options": {"channels": 4}, "latent_dim": 4},
+           "optim": {"batch_size": 16},
+           "run": {"steps": 6, "out_dir": str(tmp_path / "runs"), "name": "bn", "progress": False,
+                   "tensorboard": False, "threads": 1, "eval_samples": 16}}
+    run = fgm.train(cfg)
+    disk = Run.load(tmp_path / "runs" / "bn")
+    mem, saved = run.model.state_dict(), disk.model.state_dict()
+    assert any("running_mean" in k for k in saved)  # the networks do have batch norm
+    assert mem.keys() == saved.keys() and all(torch.equal(mem[k], saved[k]) for k in saved)
+    assert not run.model.training
+    summary = json.loads((tmp_path / "runs" / "bn" / "summary.json").read_text())
+    test = load_test_bundle(disk).test[:256]
+    ll = disk.log_likelihood(test, k=summary["test_log_likelihood_k"])
+    assert summary["test_log_likelihood"] == pytest.approx(float(ll.mean()), rel=1e-6)
+
+
 @pytest.mark.parametrize("divergence", ["hellinger", "alpha:2"])
 def test_a_saturated_divergence_trains_by_rescaled_steps_and_stops_without_them(capsys, tmp_path, divergence):
     """On 784-pixel images the log ratio s starts near 10^4 nats: hellinger's T(s) = 1 - e^(-s/2)
