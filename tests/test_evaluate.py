@@ -120,7 +120,8 @@ def test_a_common_offset_of_the_gap_is_read_relative_to_the_median_mode():
     """In high dimension log p_D and log p_theta are both off by hundreds of nats, so every mode's
     gap is far above log 10 (measured on Fashion-MNIST: class medians 240-500 nats for covered
     classes, 820-1610 for removed ones, per-point spread about 400). Read as it is, the gap calls
-    every mode missing; read relative to the median mode, it names exactly the removed ones."""
+    every mode missing; read relative to the modes' medians (an outlier test), it names exactly
+    the removed ones."""
     g = torch.Generator().manual_seed(0)
     effect = torch.tensor([-60.0, 700.0, 10.0, 0.0, -20.0, 900.0, -50.0, 20.0, 1300.0, 150.0], dtype=torch.float64)
     modes = torch.arange(10).repeat_interleave(200)
@@ -128,16 +129,59 @@ def test_a_common_offset_of_the_gap_is_read_relative_to_the_median_mode():
     names = [f"class-{i}" for i in range(10)]
     r = mode_collapse(gap, modes, modes, names, use_samples=False)
     assert r["collapsed"] == [1, 5, 8]
-    assert r["rule"]["relative"] is True and 300 < r["rule"]["gap_offset_nats"] < 420
-    # the same gaps with the offset removed by hand (one mode now agrees within log 10): read as
-    # they are, with the fixed threshold, and the same three stand out
-    shifted = gap - float(gap[modes == 3].median())
+    says = {m["mode"]: m["gap_says"] for m in r["modes"]}
+    assert [m for m, v in says.items() if v == "missing"] == [1, 5, 8] and r["uncertain"] == []
+    # offset: the mean of the seven others' medians (350 + 50/7 nats, give or take the noise)
+    assert r["rule"]["relative"] is True and r["rule"]["outlier_alpha"] == 0.05
+    assert 330 < r["rule"]["gap_offset_nats"] < 390
+    # the same gaps with the offset removed by hand (the median mode now agrees within log 10):
+    # read as they are, with the fixed threshold, and the same three stand out
+    medians = torch.stack([gap[modes == m].median() for m in range(10)])
+    shifted = gap - float(medians.sort().values[4:6].mean())
     r0 = mode_collapse(shifted, modes, modes, names, use_samples=False)
     assert r0["rule"]["relative"] is False and r0["rule"]["gap_offset_nats"] == 0.0
     assert set(r0["collapsed"]) >= {1, 5, 8}
     # a gap of pure noise around a large offset names nothing
     noise = 350.0 + 300.0 * torch.randn(2000, generator=g, dtype=torch.float64)
     assert mode_collapse(noise, modes, modes, names, use_samples=False)["collapsed"] == []
+    # one mode far *below* the rest is an outlier too, but not missing (the model covers it best),
+    # and it does not hide the three above
+    low = gap.clone()
+    low[modes == 3] -= 2000.0
+    assert mode_collapse(low, modes, modes, names, use_samples=False)["collapsed"] == [1, 5, 8]
+
+
+def test_the_relative_reading_scales_with_the_spread_of_the_covered_modes():
+    """The relative threshold follows the covered modes' spread, not the missing modes': the
+    same three removed classes are named when the covered classes' medians spread over 10 nats
+    or over 150, with the removed ones 5 and 4 spreads above them (measured on Fashion-MNIST
+    with a reference: covered -80..+4 nats, removed 230-640)."""
+    names = [f"class-{i}" for i in range(10)]
+    modes = torch.arange(10).repeat_interleave(200)
+    g = torch.Generator().manual_seed(3)
+    base = torch.tensor([-1.0, 0.0, 0.6, -0.4, 1.1, 0.0, -0.8, 0.3, 0.0, 0.5], dtype=torch.float64)
+    for spread in (10.0, 150.0):
+        centre = base * spread
+        centre[[1, 5, 8]] = torch.tensor([5.0, 4.0, 6.0], dtype=torch.float64) * spread
+        gap = 400.0 + centre[modes] + 0.2 * spread * torch.randn(2000, generator=g, dtype=torch.float64)
+        r = mode_collapse(gap, modes, modes, names, use_samples=False)
+        assert r["collapsed"] == [1, 5, 8], (spread, r["rule"])
+        # the threshold is a few covered spreads, whatever the scale
+        assert 1.0 * spread < r["rule"]["gap_threshold_nats"] < 4.0 * spread
+
+
+def test_the_relative_reading_with_few_modes_stays_valid_json():
+    """Three modes leave no step after the first outlier: the next threshold is unknown (None,
+    never Infinity in the JSON) and the outlier is still named."""
+    modes = torch.arange(3).repeat_interleave(50)
+    gap = torch.tensor([500.0, 500.5, 5000.0], dtype=torch.float64)[modes]
+    r = mode_collapse(gap, modes, modes, ["a", "b", "c"], use_samples=False)
+    assert r["collapsed"] == [2] and r["rule"]["relative"] is True
+    assert r["rule"]["gap_threshold_nats"] is None
+    json.dumps(r, allow_nan=False)
+    # two modes: nothing can be tested, nothing is named
+    two = mode_collapse(gap[:100], modes[:100], modes[:100], ["a", "b"], use_samples=False)
+    assert two["collapsed"] == [] and two["rule"]["relative"] is True
 
 
 def _ring8_without(removed: list[int], n_test: int = 2000, n_samples: int = 2500, seed: int = 0):
@@ -172,10 +216,11 @@ def test_the_gap_alone_names_the_removed_modes():
         r = mode_collapse(noise, modes, samples, names, use_samples=use_samples)
         assert r["gap_informative"] is False and r["collapsed"] == [], (use_samples, r["modes"])
         assert set(r["uncertain"]) >= {5, 6, 7}
-    # Gaussian noise of the same scale: the same
-    noise = torch.randn(gap.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64) * gap.std() + gap.mean()
-    r = mode_collapse(noise, modes, samples, names, use_samples=False)
-    assert r["collapsed"] == [] and r["uncertain"] == list(range(8))
+    # Gaussian noise of the same scale around the gap's mean (far from 0): read relative to the
+    # modes, no mode stands out
+    noise = torch.randn(gap.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64) * gap.std()
+    r = mode_collapse(noise + gap.mean(), modes, samples, names, use_samples=False)
+    assert r["rule"]["relative"] is True and r["collapsed"] == []
 
 
 def test_kmeans_and_frechet():
@@ -301,9 +346,10 @@ def test_mode_collapse_detector_names_the_removed_modes(workdir):
 
 
 def test_a_reference_subtracts_its_gap_point_by_point(ring_run, workdir):
-    """``reference``: the detector reads g(x) - g_ref(x) on the same held-out points. The model
-    as its own reference leaves exactly 0 everywhere (every mode covered); the JSON names the
-    reference; a reference of another data shape is refused in one line; the CLI takes it."""
+    """``reference``: the detector reads g(x) - g_ref(x) over one density estimate, i.e.
+    log p_ref(x) - log p_theta(x), on the same held-out points. The model as its own reference
+    leaves exactly 0 everywhere (every mode covered); the JSON names the reference; a reference
+    of another data shape is refused in one line; the CLI takes it."""
     res = evaluate(ring_run, k=5, n_samples=300, n_test=200, reference=ring_run)
     mc = res["mode_collapse"]
     assert mc["reference"] == str(ring_run.path)
@@ -324,6 +370,32 @@ def test_a_reference_subtracts_its_gap_point_by_point(ring_run, workdir):
              str(ring_run.path))
     assert p.returncode == 0, p.stderr
     assert "gap read against the reference" in p.stdout and "collapsed: none" in p.stdout
+
+
+def test_against_a_reference_the_gap_is_the_likelihood_deficit(ring_run, workdir):
+    """Both gaps are read over one density estimate, which cancels: the model's own estimator
+    plays no part (a model trained without one gets the same reading as with one), swapping
+    model and reference negates every point's gap, and each mode's mean gap is the mean of
+    log p_ref - log p_theta over its points, as ``fgm score`` reports them."""
+    plain_vae = fgm.train(cfg(workdir / "runs", "ring-vae", {"dataset": "ring8", "options": {"n_train": 4000,
+                                                                                         "n_test": 400}},
+                              steps=60, critic={"n_critic": 0}), progress=False)
+    kw = dict(k=5, n_samples=300, n_test=200, classifier=False)
+    assert "mean_gap" not in evaluate(plain_vae, **kw)["mode_collapse"]["modes"][0]  # no estimator, no gap
+    a = evaluate(plain_vae, reference=ring_run, **kw)["mode_collapse"]["modes"]
+    b = evaluate(ring_run, reference=plain_vae, **kw)["mode_collapse"]["modes"]
+    assert [r["mode"] for r in a] == [r["mode"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["mean_gap"] == pytest.approx(-rb["mean_gap"], abs=1e-9)
+    assert any(abs(r["mean_gap"]) > 1e-3 for r in a)
+    # the same numbers from the two models' likelihoods, point by point
+    bundle = load_test_bundle(ring_run)
+    idx = torch.randperm(bundle.test.shape[0], generator=torch.Generator().manual_seed(0))[:200]
+    x, labels = bundle.test[idx].float(), bundle.test_labels[idx]
+    deficit = torch.as_tensor(ring_run.log_likelihood(x.numpy(), k=5, seed=0)).double() - torch.as_tensor(
+        plain_vae.log_likelihood(x.numpy(), k=5, seed=0)).double()
+    for r in a:
+        assert r["mean_gap"] == pytest.approx(float(deficit[labels == r["mode"]].mean()), rel=1e-3, abs=1e-2)
 
 
 # --------------------------------------------------------------------------- the commands

@@ -41,7 +41,8 @@ from fgm_report.tune import tune
 @click.option(
     "--reference",
     type=PATH,
-    help="A run or export trained on all the data: the collapse detector reads the gap minus the reference's.",
+    help="A run or export trained on all the data: the collapse detector reads the likelihood deficit "
+    "log p_ref - log p_theta (the model's gap minus the reference's, over one density estimate).",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-classifier", is_flag=True, help="Skip the classifier-based image metrics.")

@@ -30,6 +30,7 @@ Mode collapse (:func:`mode_collapse`): see its docstring for the rule.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from fgm_core.plugins import get_plugins
 from fgm_core.run import Run
 from fgm_report.classifier import Classifier, get_classifier
 from fgm_report.metrics import mixture_log_density, mixture_metrics
+from fgm_report.stats import esd_outliers
 
 #: gap threshold in nats: the model gives a point at least e^T times less density than the
 #: density estimator (T = log 10: a tenfold shortfall).
@@ -60,9 +62,9 @@ SAMPLE_RATIO = 0.2
 #: homogeneity of the above-threshold share across modes must reject at this normal quantile
 #: (3.09: one-sided p = 0.001); a gap unrelated to the modes (noise) does not pass it.
 HOMOGENEITY_Z = 3.09
-#: in the relative reading (see :func:`gap_reference`), a mode's excess gap must exceed this many
-#: robust standard deviations of the modes' median gaps.
-RELATIVE_Z = 5.0
+#: in the relative reading (see :func:`gap_reference`), the level of the outlier test on the
+#: modes' median gaps (generalized ESD, Rosner's usual 0.05).
+OUTLIER_ALPHA = 0.05
 #: labelled data without a mixture: a sample takes the majority label of this many nearest held-out points.
 NEIGHBOURS = 5
 
@@ -307,26 +309,31 @@ def gap_is_informative(counts: list[tuple[int, int]], z: float = HOMOGENEITY_Z) 
     return x2 > crit
 
 
-def gap_reference(per_point_gap: Tensor, test_modes: Tensor, k: int, threshold: float) -> tuple[float, float]:
-    """(offset, threshold) for reading the gap.
+def gap_reference(
+    per_point_gap: Tensor, test_modes: Tensor, k: int, threshold: float, alpha: float = OUTLIER_ALPHA
+) -> tuple[float, float, list[int] | None]:
+    """(offset, threshold, modes missing by the relative reading or None) for reading the gap.
 
-    When some mode's median gap is within ``threshold`` of 0, the estimator and the likelihood
-    agree where the model covers the data: the gap is read as it is (offset 0). Otherwise every
-    mode is off by a common offset that says nothing about coverage (in high dimension both
-    log-densities are off by hundreds of nats): the gap is read relative to the median mode,
-    offset = the median of the modes' median gaps, and the threshold grows to ``RELATIVE_Z``
-    robust standard deviations (1.4826 MAD) of those medians. That reading assumes that fewer
-    than half the modes are missing.
+    When the median mode's median gap is within ``threshold`` of 0, the estimator and the
+    likelihood agree where the model covers the data: the gap is read as it is (offset 0, no
+    list: each mode's gap share decides). Otherwise every mode is off by a common offset that
+    says nothing about coverage (in high dimension both log-densities are off by hundreds of
+    nats, by an amount that differs from mode to mode): the missing modes are those whose
+    median gaps the generalized ESD test (:func:`fgm_report.stats.esd_outliers`, level
+    ``alpha``) finds too far above the rest to belong with them, offset = the mean of the rest's medians
+    and threshold = how far above it the next outlier would have to lie. Both readings assume
+    that fewer than half the modes are missing.
     """
-    med = [per_point_gap[test_modes == m].median() for m in range(k) if bool((test_modes == m).any())]
-    if not med:
-        return 0.0, threshold
-    medians = torch.stack(med).double()
-    if bool((medians.abs() <= threshold).any()):
-        return 0.0, threshold
-    center = float(medians.median())
-    spread = 1.4826 * float((medians - center).abs().median())
-    return center, max(threshold, RELATIVE_Z * spread)
+    present = [m for m in range(k) if bool((test_modes == m).any())]
+    if not present:
+        return 0.0, threshold, None
+    medians = [float(per_point_gap[test_modes == m].median()) for m in present]
+    if abs(statistics.median(medians)) <= threshold:
+        return 0.0, threshold, None
+    outliers, center, critical = esd_outliers(medians, alpha, (len(medians) - 1) // 2)
+    missing = [present[i] for i in outliers if medians[i] > center]  # far below the rest: covered
+    # no mode left to test after the last outlier: no finite threshold
+    return center, critical if math.isfinite(critical) else math.inf, missing
 
 
 def mode_collapse(
@@ -349,12 +356,14 @@ def mode_collapse(
     ``threshold``), ``data_share``, ``sample_share`` and ``sample_ratio`` = sample_share /
     data_share, and a ``verdict``:
 
-    0. The reference (:func:`gap_reference`): the gap as it is when the estimator and the
-       likelihood agree on some mode, else relative to the median mode with a wider threshold.
-    1. The gap's reading: *missing* when gap_share >= ``gap_share`` (0.5) and the gap is
-       informative (:func:`gap_is_informative`: its large values cluster by mode; a gap
+    0. The reading (:func:`gap_reference`): the gap as it is when the median mode's median gap
+       is within ``threshold`` of 0; else relative, by an outlier test on the modes' median gaps.
+    1. The gap's reading. As it is: *missing* when gap_share >= ``gap_share`` (0.5) and the gap
+       is informative (:func:`gap_is_informative`: its large values cluster by mode; a gap
        unrelated to the modes, such as noise, is not); *covered* when gap_share <=
-       ``covered_share`` (0.2); otherwise *unclear*. No gap (no density estimator): unclear.
+       ``covered_share`` (0.2); otherwise *unclear*. Relative: *missing* for the modes the
+       outlier test names, *covered* for the rest (gap_share is then measured above the
+       offset plus the relative threshold). No gap (no density estimator): unclear.
     2. The samples' reading (``use_samples``): *few* when sample_ratio < ``sample_ratio`` (0.2).
     3. ``collapsed`` when the gap says missing and the samples do not contradict it (few, or
        ``use_samples`` off); ``covered`` when the gap says covered and the samples do not
@@ -364,9 +373,9 @@ def mode_collapse(
     k = len(names)
     n_test = max(int(test_modes.numel()), 1)
     n_samp = max(int(sample_modes.numel()), 1)
-    offset, base_threshold = 0.0, threshold
+    offset, flagged = 0.0, None
     if per_point_gap is not None:
-        offset, threshold = gap_reference(per_point_gap, test_modes, k, threshold)
+        offset, threshold, flagged = gap_reference(per_point_gap, test_modes, k, threshold)
     rows = []
     counts = []
     for m in range(k):
@@ -399,6 +408,8 @@ def mode_collapse(
         share = row.get("gap_share")
         if share is None:
             gap_says = "unclear"
+        elif flagged is not None:
+            gap_says = "missing" if row["mode"] in flagged else "covered"
         elif share >= gap_share and informative:
             gap_says = "missing"
         elif share <= covered_share:
@@ -427,9 +438,10 @@ def mode_collapse(
         "gap_informative": informative,
         "unassigned_sample_share": float((sample_modes < 0).sum()) / n_samp,
         "rule": {
-            "gap_threshold_nats": threshold,
+            "gap_threshold_nats": threshold if math.isfinite(threshold) else None,  # None: no mode left to test
             "gap_offset_nats": offset,
-            "relative": offset != 0.0 or threshold != base_threshold,
+            "relative": flagged is not None,
+            "outlier_alpha": OUTLIER_ALPHA if flagged is not None else None,
             "gap_share": gap_share,
             "covered_share": covered_share,
             "sample_ratio": sample_ratio if use_samples else None,
@@ -459,9 +471,13 @@ def evaluate(
     (default: reloaded from the model's recorded config). ``classifier``: True (train or
     load the cached one), False, or a :class:`fgm_report.classifier.Classifier`.
     ``reference``: a model of the same data trained on all of it (Run, export or path). The
-    collapse detector then reads the paired excess gap g(x) - g_ref(x) on the same held-out
-    points: what a mode's data do to every model's two log-densities (in high dimension,
-    hundreds of nats that differ by mode) cancels, and the model's own deficit is left.
+    collapse detector then reads both gaps against one density estimate, which cancels:
+    g(x) - g_ref(x) = log p_ref(x) - log p_theta(x), the model's likelihood deficit on the same
+    held-out points. What a mode's data do to every model's log-density (in high dimension,
+    hundreds of nats that differ by mode) cancels too; so does the density estimator's error,
+    which in high dimension differs between two estimators of the same data by up to a hundred
+    nats or more per mode and says nothing about coverage (the estimator's optimum, log p_D,
+    does not depend on the model).
     """
     t0 = time.perf_counter()
     if isinstance(model, (str, Path)):
@@ -473,6 +489,11 @@ def evaluate(
         raise FGMError(
             f"test data has shape {tuple(bundle.test.shape[1:])}, the model expects {v.shape}",
             "evaluate against the dataset the model was trained on",
+        )
+    if reference is not None and collapse and v.generator != "gaussian":
+        raise FGMError(
+            "the model has a deterministic generator, so no likelihood to compare with the reference's",
+            "evaluate a model trained with model.generator = gaussian, or drop --reference",
         )
     out: dict[str, Any] = {"dataset": v.info.dataset, "critic": v.critic_form, "k": k, "n_samples": n_samples}
     gen = torch.Generator().manual_seed(seed)
@@ -541,8 +562,9 @@ def evaluate(
     if collapse:
         modes = _Modes(v, bundle, test, labels, clf, n_clusters, seed)
         gap = (ld - ll) if (ld is not None and ll is not None) else None
-        if reference is not None and gap is not None:
-            gap = gap - reference_gap(reference, test, v.shape, k, seed)
+        if reference is not None:
+            # both gaps read against one density estimate, which cancels: g - g_ref = log p_ref - log p_theta
+            gap = reference_log_likelihood(reference, test, v.shape, k, seed) - ll  # type: ignore[operator]
         mc = mode_collapse(
             gap,
             modes.test_modes,
@@ -568,21 +590,20 @@ def _log_densities(v: _View, test: Tensor, k: int, seed: int) -> tuple[Tensor | 
     return ll, v.log_density(test, seed=seed)
 
 
-def reference_gap(reference: Any, test: Tensor, shape: tuple[int, ...], k: int, seed: int) -> Tensor:
-    """g_ref(x) = log p_D(x) - log p_theta(x) of the reference model on the same held-out points."""
+def reference_log_likelihood(reference: Any, test: Tensor, shape: tuple[int, ...], k: int, seed: int) -> Tensor:
+    """log p_ref(x) of the reference model on the same held-out points (K = ``k``)."""
     ref = _View(open_model(reference) if isinstance(reference, (str, Path)) else reference)
     if ref.shape != shape:
         raise FGMError(
             f"the reference model takes data of shape {ref.shape}, the model {shape}",
             "give a reference trained on the same dataset (all of it)",
         )
-    ll, ld = _log_densities(ref, test, k, seed)
-    if ld is None or ll is None:
+    if ref.generator != "gaussian":
         raise FGMError(
-            "the reference model has no density estimator or no likelihood, so no gap",
-            "give a reference trained with the density critic, a Gaussian generator and n_critic > 0",
+            "the reference model has a deterministic generator, so no likelihood to compare with",
+            "give a reference trained with model.generator = gaussian",
         )
-    return ld - ll
+    return ref.log_likelihood(test, k=k, seed=seed)
 
 
 def format_report(res: dict[str, Any]) -> str:
@@ -637,8 +658,22 @@ def format_report(res: dict[str, Any]) -> str:
             + (", ".join(mc["collapsed_names"]) if mc["collapsed"] else "none")
             + ("; uncertain: " + ", ".join(mc["uncertain_names"]) if mc["uncertain"] else "")
         )
-        if mc["gap_informative"] is False:
+        rule = mc["rule"]
+        if rule.get("relative"):
+            lines.append(
+                f"gap read relative to the modes' medians: offset {rule['gap_offset_nats']:.1f} nats, outliers by the "
+                f"generalized ESD test at level {rule['outlier_alpha']}"
+                + (
+                    f" (next threshold {rule['gap_threshold_nats']:.1f} nats)"
+                    if rule["gap_threshold_nats"] is not None
+                    else ""
+                )
+            )
+        elif mc["gap_informative"] is False:
             lines.append("the gap log p_D - log p_theta does not separate the modes: it decides nothing here")
         if "reference" in mc:
-            lines.append(f"gap read against the reference {mc['reference']} (the model's gap minus the reference's)")
+            lines.append(
+                f"gap read against the reference {mc['reference']} (the model's gap minus the reference's over one "
+                "density estimate: log p_ref - log p_theta)"
+            )
     return "\n".join(lines)
