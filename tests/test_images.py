@@ -308,9 +308,13 @@ def test_experiment_quick_mode(quick_report):
     assert "## Mode-collapse verdict per class" in md and "## Mode collapse: three classes removed" in md
     assert "trained without **1, 5, 8**" in md  # the synthetic set's classes are named 0..9
     assert md.count("(removed)") == 3
-    for f in ("report.html", "samples.png", "curves.png", "results.json"):
+    for f in ("report.html", "samples.png", "curves.png", "results.json", "collapse_samples.png"):
         assert (quick_report / f).stat().st_size > 0
     summary = json.loads((quick_report / "results.json").read_text())
+    # the collapse run is read against each kl seed (one here) and without a reference
+    col = summary["collapse_run"]
+    assert col["mode_collapse"]["reference"] == summary["runs"][0]["run"] and "mode_collapse_plain" in col
+    assert Path(col["run"]).name == "collapse-kl-density-s0" and col["figure"] == "collapse_samples.png"
     assert len(summary["runs"]) == 9 and all("error" not in r for r in summary["runs"])
     assert summary["collapse_run"]["removed"] == ["1", "5", "8"]
     assert summary["command"].startswith("python benchmarks/fashion_mnist.py --quick --data ")
@@ -344,6 +348,40 @@ def test_experiment_report_only_keeps_the_figures_when_the_runs_are_elsewhere(qu
     assert (out / "steps-7" / "report.html").is_file()  # the budget's own report, rewritten too
 
 
+@pytest.mark.slow
+def test_experiment_reevaluate_reads_the_trained_runs_again(quick_report, tmp_path):
+    """--reevaluate evaluates every run (and the collapse run) of results.json again without
+    training, and rewrites the report; a budget whose runs are elsewhere is kept as it is."""
+    out = tmp_path / "report"
+    shutil.copytree(quick_report, out)
+    before = json.loads((out / "results.json").read_text())
+    stale = json.loads(json.dumps(before))
+    for r in stale["runs"]:
+        r["frechet_distance"] = -1.0  # a value no evaluation gives
+    stale["collapse_run"]["mode_collapse"]["collapsed_names"] = ["stale"]
+    (out / "results.json").write_text(json.dumps(stale))
+    elsewhere = json.loads(json.dumps(before))
+    for r in elsewhere["runs"]:
+        r["run"] = str(tmp_path / "elsewhere" / Path(r["run"]).name)
+    elsewhere["config"]["run"]["steps"] = 7
+    (out / "steps-7").mkdir()
+    (out / "steps-7" / "results.json").write_text(json.dumps(elsewhere))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FGM_CACHE_DIR": str(quick_report.parent / "cache"),
+           "FGM_NO_PROGRESS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick", "--reevaluate",
+                          "--out", str(out), "--threads", "1"], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "runs are not on this machine" in res.stdout and "re-evaluated 9 runs" in res.stdout
+    after = json.loads((out / "results.json").read_text())
+    assert all(r["frechet_distance"] >= 0 for r in after["runs"]) and "reevaluated" in after
+    assert [r["run"] for r in after["runs"]] == [r["run"] for r in before["runs"]]
+    assert after["runs"][0]["train_seconds"] == before["runs"][0]["train_seconds"]
+    assert "stale" not in after["collapse_run"]["mode_collapse"]["collapsed_names"]
+    assert after["collapse_run"]["train_seconds"] == before["collapse_run"]["train_seconds"]
+    assert json.loads((out / "steps-7" / "results.json").read_text()) == elsewhere  # kept as it was
+    assert "stale" not in (out / "report.md").read_text()
+
+
 def _bench():
     import importlib.util
 
@@ -353,23 +391,41 @@ def _bench():
     return fm
 
 
-def test_experiment_excess_gap_subtracts_a_full_data_reference_per_class():
-    """The collapse run's per-class median gap minus a reference's (a model trained on every
-    class): a class whose images inflate every model's gap (here C) stops outranking a removed
-    class, and the removed ones come first with the margin to the next printed."""
+def test_experiment_collapse_section_reads_each_reference():
+    """The collapse section names what the gap says and the verdict, says which reading it used,
+    ranks the classes under every reading (removed ones in bold) and explains a contradiction
+    by the samples with their shares."""
     fm = _bench()
 
-    def modes(gaps):
-        return {"mode_collapse": {"modes": [{"name": n, "median_gap": g} for n, g in gaps.items()]}}
+    def mc(gaps, says, verdicts, reference=None, relative=True):
+        modes = [{"name": n, "median_gap": g, "gap_share": 0.5, "data_share": 0.25, "sample_share": s,
+                  "gap_says": says[n], "verdict": verdicts[n], "collapsed": verdicts[n] == "collapsed"}
+                 for (n, g), s in zip(gaps.items(), (0.01, 0.3, 0.3, 0.39))]
+        out = {"modes": modes, "collapsed_names": [n for n, v in verdicts.items() if v == "collapsed"],
+               "rule": {"relative": relative, "outlier_alpha": 0.05, "gap_offset_nats": -40.0,
+                        "gap_threshold_nats": 60.0}}
+        if reference:
+            out["reference"] = reference
+        return out
 
-    res = {**modes({"A": 500.0, "B": 300.0, "C": 450.0, "D": 100.0}), "removed": ["A", "B"]}
-    ref = {"seed": 4, **modes({"A": 50.0, "B": 40.0, "C": 400.0, "D": 90.0})}
-    lines = fm.excess_gap_lines(res, [ref])
-    row = next(ln for ln in lines if ln.startswith("| 4 |"))
-    assert row == "| 4 | **A** (450), **B** (260), C (50), D (10) | yes | 210 |"
-    worse = {"seed": 5, **modes({"A": 50.0, "B": 40.0, "C": 100.0, "D": 90.0})}  # C not inflated: it outranks B
-    assert "| 5 | **A** (450), C (350), **B** (260), D (10) | no | 90 |" in fm.excess_gap_lines(res, [worse])
-    assert fm.excess_gap_lines(res, []) == []
+    says = {"A": "missing", "B": "missing", "C": "covered", "D": "covered"}
+    verdicts = {"A": "collapsed", "B": "uncertain", "C": "covered", "D": "covered"}
+    ref = mc({"A": 420.0, "B": 250.0, "C": -50.0, "D": -60.0}, says, verdicts, reference="/x/runs/kl-density-s0")
+    plain = mc({"A": 900.0, "B": 300.0, "C": 320.0, "D": 100.0}, {**says, "B": "covered"}, verdicts)
+    res = {"mode_collapse": ref, "mode_collapse_plain": plain, "by_reference": [ref], "removed": ["A", "B"],
+           "train_seconds": 80.0}
+    md = "\n".join(fm.collapse_section(res))
+    assert "the gap says missing: **A, B** (exactly the removed ones)" in md
+    assert "verdict is collapsed for **A** (1 of the 2 removed, 0 others)" in md
+    assert "log p_ref(x) - log p_theta(x)" in md and "generalized ESD test at level 0.05" in md
+    assert "| none (the model's own gap) | A (1 of the 2 removed, 0 others) | A | **A** (900), C (320), **B** (300), D (100) |" in md
+    assert "| kl-density-s0 | A, B (exactly the removed ones) | A | **A** (420), **B** (250), C (-50), D (-60) |" in md
+    assert "puts 30.0% of the samples in B (the data: 25.0%)" in md
+    assert "| B (removed) | 25.0 | 30.0 | 250 | 50 | missing | uncertain |" in md
+    # without any reference: the model's own gap, no reference table rows
+    md = "\n".join(fm.collapse_section({"mode_collapse": plain, "removed": ["A", "B"], "train_seconds": 1.0}))
+    assert "log p_ref" not in md
+    assert "kl-density" not in md and "the gap says missing: **A** (1 of the 2 removed, 0 others)" in md
 
 
 def test_experiment_trend_names_budgets_from_other_seeds_and_devices():
