@@ -144,6 +144,11 @@ def test_a_common_offset_of_the_gap_is_read_relative_to_the_median_mode():
     # a gap of pure noise around a large offset names nothing
     noise = 350.0 + 300.0 * torch.randn(2000, generator=g, dtype=torch.float64)
     assert mode_collapse(noise, modes, modes, names, use_samples=False)["collapsed"] == []
+    # one covered mode that happens to sit at 0 does not make the reading absolute (the median mode decides)
+    at_zero = gap.clone()
+    at_zero[modes == 6] -= float(at_zero[modes == 6].median())
+    r1 = mode_collapse(at_zero, modes, modes, names, use_samples=False)
+    assert r1["rule"]["relative"] is True and r1["collapsed"] == [1, 5, 8]
     # one mode far *below* the rest is an outlier too, but not missing (the model covers it best),
     # and it does not hide the three above
     low = gap.clone()
