@@ -186,6 +186,11 @@ def _named(mc: dict[str, Any]) -> list[str]:
     return [r["name"] for r in mc["modes"] if r.get("gap_says") == "missing"]
 
 
+def _by_gap(mc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The classes with a median gap, largest first."""
+    return sorted((r for r in mc["modes"] if "median_gap" in r), key=lambda r: -r["median_gap"])
+
+
 def _reading(mc: dict[str, Any]) -> str:
     rule = mc["rule"]
     if not rule.get("relative"):
@@ -215,7 +220,7 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
         hit, other = len(set(names) & set(removed)), len(set(names) - set(removed))
         return f"{hit} of the {len(removed)} removed, {other} others"
 
-    ranked = sorted((r for r in mc["modes"] if "median_gap" in r), key=lambda r: -r["median_gap"])
+    ranked = _by_gap(mc)
     top = [r["name"] for r in ranked[: len(removed)]]
     with_ref = "reference" in mc
     gap_name = "log p_ref(x) - log p_theta(x)" if with_ref else "g(x) = log p_D(x) - log p_theta(x)"
@@ -273,10 +278,9 @@ def collapse_section(res: dict[str, Any]) -> list[str]:
             "|---|---|---|---|",
         ]
         for label, m in readings:
-            order = sorted((r for r in m["modes"] if "median_gap" in r), key=lambda r: -r["median_gap"])
             ranking = ", ".join(
                 f"{'**' + r['name'] + '**' if r['name'] in removed else r['name']} ({r['median_gap']:.0f})"
-                for r in order
+                for r in _by_gap(m)
             )
             lines.append(
                 f"| {label} | {', '.join(_named(m)) or 'none'} ({verdict(_named(m))}) | "

@@ -506,7 +506,8 @@ def evaluate(
     is_image = len(v.shape) == 3
 
     # likelihood
-    ll, ld = _log_densities(v, test, k, seed)
+    ll = v.log_likelihood(test, k=k, seed=seed) if v.generator == "gaussian" else None
+    ld = v.log_density(test, seed=seed)
     if ll is not None:
         out["test_log_likelihood"] = float(ll.mean())
     if ld is not None:
@@ -561,7 +562,7 @@ def evaluate(
 
     if collapse:
         modes = _Modes(v, bundle, test, labels, clf, n_clusters, seed)
-        gap = (ld - ll) if (ld is not None and ll is not None) else None
+        gap: Tensor | None = (ld - ll) if (ld is not None and ll is not None) else None
         if reference is not None:
             # both gaps read against one density estimate, which cancels: g - g_ref = log p_ref - log p_theta
             gap = reference_log_likelihood(reference, test, v.shape, k, seed) - ll  # type: ignore[operator]
@@ -581,13 +582,6 @@ def evaluate(
         out["modes_uncertain"] = len(mc["uncertain"])
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     return out
-
-
-def _log_densities(v: _View, test: Tensor, k: int, seed: int) -> tuple[Tensor | None, Tensor | None]:
-    """(log p_theta(x) importance-sampled with K = ``k``, None without a Gaussian generator;
-    the density estimator's log p_D(x), None without one) on held-out ``test``."""
-    ll = v.log_likelihood(test, k=k, seed=seed) if v.generator == "gaussian" else None
-    return ll, v.log_density(test, seed=seed)
 
 
 def reference_log_likelihood(reference: Any, test: Tensor, shape: tuple[int, ...], k: int, seed: int) -> Tensor:
